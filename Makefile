@@ -1,0 +1,58 @@
+# Goophry on Twisted: developer entry points.
+#
+#   make venv    create .venv (if absent) and install requirements + the project
+#   make run     run the example daemon in the foreground (examples/run-demo.sh)
+#   make lint    ruff (lint + format check) and mypy --strict on the package
+#   make test    lint, then the whole test suite in parallel
+#   make bench   the benchmark (bench/)
+#   make clean   remove caches and build output (keeps .venv; `make distclean` removes it)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.goophry-installed
+# One xdist worker per core (each starts its own redis-server); override with
+# e.g. `make test PYTEST_ARGS="-n 4 -x"`.
+PYTEST_ARGS ?= -n auto -q
+# Only the directories that exist (bench/ may not be written yet).
+LINT_PATHS := $(wildcard goophry_tx tests bench)
+
+.PHONY: venv run lint test bench clean distclean
+
+venv: $(STAMP)
+
+# Re-runs when requirements.txt or pyproject.toml is newer than the stamp.
+# editable_mode=compat puts the checkout itself on sys.path (a .pth line),
+# which is what lets twistd find twisted/plugins/goophry_plugin.py from here;
+# the default editable mode installs an import hook that Twisted's plugin
+# search does not see.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install -e . --config-settings editable_mode=compat
+	touch $@
+
+run: venv
+	VENV=$(VENV) examples/run-demo.sh
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy goophry_tx
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache _trial_temp .demo
+	rm -f twisted/plugins/dropin.cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,150 @@
+"""Command line of the benchmark suite (`make bench` runs `python -m bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bench import report, scenarios
+from bench.daemon import DEFAULT_DAEMON_CMD, REPO, STANDIN_DAEMON_CMD
+
+SCENARIOS = ("throughput", "latency", "idle", "cost", "scale")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine(bench: scenarios.Bench) -> dict[str, Any]:
+    """Facts about where the figures come from."""
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": _version("twisted"),
+        "txredisapi": _version("txredisapi"),
+        "redis": bench.redis_version(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "git_commit": commit or "?",
+    }
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options; --quick shrinks every default for a smoke run."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("scenario", nargs="?", choices=("all", *SCENARIOS), default="all")
+    p.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
+    p.add_argument("--workers", type=_ints, help="throughput/cost Workers (default 1,8,64,256)")
+    p.add_argument("--n", type=int, help="tasks per throughput run (default 5000)")
+    p.add_argument("--repeats", type=int, help="raw/ours alternations (default 3; scale 2)")
+    p.add_argument("--rate", type=float, default=100.0, help="latency pushes per second")
+    p.add_argument("--samples", type=int, help="latency samples per consumer (default 1000)")
+    p.add_argument("--rounds", type=int, default=2, help="latency alternations")
+    p.add_argument("--idle-types", type=int, default=10)
+    p.add_argument("--idle-seconds", type=float, help="default 10")
+    p.add_argument("--types", type=_ints, help="scale: task type counts (default 1,10,50)")
+    p.add_argument(
+        "--daemon-cmd",
+        default=DEFAULT_DAEMON_CMD,
+        help="command run as the daemon; {config}, {python}, {twistd} are filled in "
+        "(default: %(default)r)",
+    )
+    p.add_argument(
+        "--standin",
+        action="store_true",
+        help=f"run the plain BLPOP spawner as the daemon ({STANDIN_DAEMON_CMD!r})",
+    )
+    p.add_argument("--no-save", action="store_true", help="print only; write no results")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.n = a.n or (1000 if q else 5000)
+    a.samples = a.samples or (200 if q else 1000)
+    a.idle_seconds = a.idle_seconds or (3.0 if q else 10.0)
+    a.types = a.types or ([1, 10] if q else [1, 10, 50])
+    if a.standin:
+        a.daemon_cmd = STANDIN_DAEMON_CMD
+    return a
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen scenarios; return the full result document."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    t_start = time.monotonic()
+    scn: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    wanted = SCENARIOS if a.scenario == "all" else (a.scenario,)
+    with scenarios.Bench(a.daemon_cmd, quick=a.quick) as b:
+        facts = machine(b)
+        for name in wanted:
+            t0 = time.monotonic()
+            b.log(f"{name} ...")
+            if name == "throughput":
+                ws = a.workers or ([1, 8, 256] if a.quick else [1, 8, 64, 256])
+                scn[name] = scenarios.throughput(b, ws, a.n, a.repeats or (1 if a.quick else 3))
+            elif name == "cost":
+                if "throughput" not in scn:
+                    ws = a.workers or [8, 256]
+                    scn["throughput"] = scenarios.throughput(b, ws, a.n, a.repeats or 1)
+                scn[name] = scenarios.cost(b, scn["throughput"])
+            elif name == "latency":
+                scn[name] = scenarios.latency(b, a.rate, a.samples, a.rounds)
+            elif name == "idle":
+                scn[name] = scenarios.idle(b, a.idle_types, a.idle_seconds)
+            elif name == "scale":
+                scn[name] = scenarios.scale(
+                    b, a.types, a.n, a.repeats or (1 if a.quick else 2), waves=2 if a.quick else 8
+                )
+            timings[name] = time.monotonic() - t0
+            b.log(f"{name}: {timings[name]:.1f} s")
+        notes = b.notes
+    doc: dict[str, Any] = {
+        "started": started,
+        "duration_s": time.monotonic() - t_start,
+        "machine": facts,
+        "daemon_cmd": a.daemon_cmd,
+        "quick": a.quick,
+        "timings_s": timings,
+        "notes": notes,
+        "scenarios": scn,
+    }
+    doc["targets"] = report.targets(scn)
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print the table, write JSON and PNG."""
+    a = parse(argv)
+    doc = run(a)
+    print(report.render(doc))
+    if not a.no_save:
+        path, png = report.write(doc, doc["started"].replace(":", ""))
+        print(f"\nwritten: {path}, {os.path.join(report.RESULTS, 'latest.json')}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

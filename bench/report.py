@@ -1,0 +1,324 @@
+"""Targets, the printed table, the JSON record and the PNG plot of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+#: Run-to-run noise of a throughput ratio on this kind of machine (PERF-NOTES).
+RATIO_NOISE = 0.03
+
+
+def _target(name: str, value: float, limit: str, ok: bool) -> dict[str, Any]:
+    return {"target": name, "value": value, "limit": limit, "pass": bool(ok)}
+
+
+def targets(scn: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, pass/fail, for the scenarios that ran."""
+    out: list[dict[str, Any]] = []
+    tput = scn.get("throughput", {}).get("by_workers", {})
+    if "8" in tput:
+        r8 = tput["8"]["ratio"]
+        out.append(_target("throughput Workers=8 / raw", r8, ">= 0.80", r8 >= 0.80))
+        if "256" in tput:
+            r256 = tput["256"]["ratio"]
+            out.append(
+                _target(
+                    "throughput ratio Workers=256 vs 8",
+                    r256,
+                    f">= {r8:.2f} (ratio at 8) - {RATIO_NOISE} noise",
+                    r256 >= r8 - RATIO_NOISE,
+                )
+            )
+    lat = scn.get("latency", {}).get("ours")
+    if lat:
+        out.append(_target("latency p50 (ms)", lat["p50_ms"], "<= 1.3", lat["p50_ms"] <= 1.3))
+        out.append(_target("latency p99 (ms)", lat["p99_ms"], "<= 2.0", lat["p99_ms"] <= 2.0))
+        out.append(_target("latency lost tasks", lat["missing"], "== 0", lat["missing"] == 0))
+    idle = scn.get("idle")
+    if idle:
+        out.append(
+            _target(
+                "idle CPU (% of one core)",
+                idle["cpu_percent"],
+                "<= 0.2",
+                idle["cpu_percent"] <= 0.2,
+            )
+        )
+        out.append(
+            _target(
+                "idle non-blocking Redis commands/s",
+                idle["other_per_s"],
+                "<= 1 (heartbeat only)",
+                idle["other_per_s"] <= 1.0,
+            )
+        )
+        out.append(
+            _target(
+                "idle blocking calls/s",
+                idle["blocking_per_s"],
+                f"<= {idle['types']} (one per type per second)",
+                idle["blocking_per_s"] <= idle["types"],
+            )
+        )
+    cost = scn.get("cost", {}).get("by_workers", {})
+    if "8" in cost:
+        c = cost["8"]["commands_per_task"]
+        out.append(_target("Redis commands per task (Workers=8)", c, "<= 3", c <= 3.0))
+    if "256" in cost:
+        rss = cost["256"]["peak_rss_mb"]
+        out.append(_target("peak RSS at Workers=256 (MB)", rss, "< 60", rss < 60))
+    for w in ("8", "256"):
+        if w in cost:
+            v = cost[w]["ours_cpu_per_1000_s"]
+            out.append(
+                _target(
+                    f"daemon CPU s per 1000 tasks (Workers={w})",
+                    v,
+                    "report; Go original 0.15-0.26",
+                    v <= 0.26,
+                )
+            )
+    scale = scn.get("scale")
+    if scale:
+        a = scale["alive"]
+        out.append(
+            _target(
+                f"{a['children']} children alive at once (peak seen)",
+                a["peak_children"],
+                f">= {a['children']}",
+                a["peak_children"] >= a["children"],
+            )
+        )
+    for name in ("throughput", "scale"):
+        for group in ("by_workers", "by_types"):
+            for k, r in scn.get(name, {}).get(group, {}).items():
+                if r["failed"]:
+                    out.append(_target(f"{name} {k}: failed tasks", r["failed"], "== 0", False))
+    return out
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    if isinstance(v, int) or float(v).is_integer() and abs(v) >= 10:
+        return f"{int(v)}"
+    return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [f"\n{title}"]
+    for j, r in enumerate(cells):
+        lines.append("  " + "  ".join(c.rjust(widths[i]) for i, c in enumerate(r)))
+        if j == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human-readable summary of a run."""
+    scn = doc["scenarios"]
+    m = doc["machine"]
+    parts = [
+        f"Goophry benchmark {doc['started']}  ({doc['duration_s']:.0f} s; "
+        f"{m['cores']} cores, Python {m['python']}, Twisted {m['twisted']}, "
+        f"Redis {m['redis']}; load {m['loadavg']})",
+        f"daemon: {doc['daemon_cmd']}",
+    ]
+    if "throughput" in scn:
+        t = scn["throughput"]
+        rows = [
+            [
+                w,
+                r["raw_rate"],
+                r["ours_rate"],
+                r["ratio"],
+                " ".join(f"{x:.2f}" for x in r["pair_ratios"]),
+            ]
+            for w, r in t["by_workers"].items()
+        ]
+        parts.append(
+            _table(
+                f"throughput: N={t['n']} /bin/true, {t['repeats']} alternations",
+                ["Workers", "raw/s", "ours/s", "ratio", "per pair"],
+                rows,
+            )
+        )
+    if "cost" in scn:
+        rows = [
+            [
+                w,
+                c["ours_cpu_per_1000_s"],
+                c["raw_cpu_per_1000_s"],
+                c["cpu_ratio"],
+                c["commands_per_task"],
+                c["peak_rss_mb"],
+                " ".join(f"{k}={v:.2f}" for k, v in c["commands_per_task_by_name"].items()),
+            ]
+            for w, c in scn["cost"]["by_workers"].items()
+        ]
+        parts.append(
+            _table(
+                "cost per task (Go original: 0.15-0.26 CPU s per 1000 tasks)",
+                [
+                    "Workers",
+                    "CPU s/1000",
+                    "raw CPU s/1000",
+                    "x raw",
+                    "cmds/task",
+                    "peak RSS MB",
+                    "commands per task",
+                ],
+                rows,
+            )
+        )
+    if "latency" in scn:
+        lat = scn["latency"]
+        rows = [
+            [
+                who,
+                lat[who]["p50_ms"],
+                lat[who]["p90_ms"],
+                lat[who]["p99_ms"],
+                lat[who]["max_ms"],
+                lat[who]["n"],
+                lat[who]["missing"],
+            ]
+            for who in ("ours", "blpop", "floor")
+        ]
+        parts.append(
+            _table(
+                f"latency push -> start (ms) at {lat['rate_per_s']:.0f}/s; ours/BLPOP p50 "
+                f"{lat['ratio_p50_to_blpop']:.2f}, p99 {lat['ratio_p99_to_blpop']:.2f}",
+                ["who", "p50", "p90", "p99", "max", "n", "lost"],
+                rows,
+            )
+        )
+    if "idle" in scn:
+        i = scn["idle"]
+        parts.append(
+            _table(
+                f"idle: {i['types']} types x Workers {i['workers']}, {i['seconds']:.1f} s",
+                [
+                    "CPU % (schedstat)",
+                    "CPU % (ticks)",
+                    "cmds/s",
+                    "blocking/s",
+                    "other/s",
+                    "by name",
+                ],
+                [
+                    [
+                        i["cpu_percent"],
+                        i["cpu_percent_ticks"],
+                        i["commands_per_s"],
+                        i["blocking_per_s"],
+                        i["other_per_s"],
+                        " ".join(f"{k}={v:.2f}" for k, v in i["commands_per_s_by_name"].items())
+                        or "-",
+                    ]
+                ],
+            )
+        )
+    if "scale" in scn:
+        s = scn["scale"]
+        rows = [
+            [f"{t} types", r["concurrency"], r["raw_rate"], r["ours_rate"], r["ratio"]]
+            for t, r in s["by_types"].items()
+        ]
+        a = s["alive"]
+        rows.append(
+            [f"{a['children']} alive", a["concurrency"], a["raw_rate"], a["ours_rate"], a["ratio"]]
+        )
+        parts.append(
+            _table(
+                f"scale: Workers {s['workers_per_type']} per type; alive: {a['script']}, "
+                f"ideal {a['ideal_rate']:.0f}/s, peak children seen {a['peak_children']}",
+                ["case", "raw conc.", "raw/s", "ours/s", "ratio"],
+                rows,
+            )
+        )
+    rows = [
+        [t["target"], t["value"], t["limit"], "PASS" if t["pass"] else "FAIL"]
+        for t in doc["targets"]
+    ]
+    parts.append(_table("targets", ["target", "value", "limit", ""], rows))
+    parts.append("\ntimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["timings_s"].items()))
+    if doc["notes"]:
+        parts.append("notes:\n" + "\n".join(f"  - {n}" for n in doc["notes"]))
+    return "\n".join(parts)
+
+
+def write(doc: dict[str, Any], stamp: str) -> tuple[str, str]:
+    """bench/results/<stamp>.json and latest.json; returns (json path, png path)."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{stamp}.json")
+    text = json.dumps(doc, indent=1, sort_keys=False)
+    for p in (path, os.path.join(RESULTS, "latest.json")):
+        with open(p + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(p + ".tmp", p)
+    return path, plot(doc, os.path.join(RESULTS, "latest.png"))
+
+
+def plot(doc: dict[str, Any], path: str) -> str:
+    """Throughput vs Workers (ours beside raw) and the latency distribution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scn = doc["scenarios"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    tput = scn.get("throughput", {}).get("by_workers", {})
+    if tput:
+        ws = [int(w) for w in tput]
+        x = range(len(ws))
+        raw = [tput[str(w)]["raw_rate"] for w in ws]
+        ours = [tput[str(w)]["ours_rate"] for w in ws]
+        ax1.bar([i - 0.2 for i in x], raw, 0.4, label="raw posix_spawn loop", color="0.6")
+        ax1.bar([i + 0.2 for i in x], ours, 0.4, label="goophry", color="tab:blue")
+        for i, w in enumerate(ws):
+            ax1.annotate(
+                f"{tput[str(w)]['ratio']:.2f}",
+                (i + 0.2, ours[i]),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
+        ax1.set_xticks(list(x), [str(w) for w in ws])
+        ax1.set_xlabel("Workers (raw: same concurrency)")
+        ax1.set_ylabel("tasks/s (/bin/true)")
+        ax1.set_title("throughput (label: ratio to raw)")
+        ax1.legend(loc="lower right")
+    lat = scn.get("latency")
+    if lat:
+        labels = {"ours": "goophry", "blpop": "plain BLPOP spawner", "floor": "bare spawn"}
+        for who, label in labels.items():
+            xs = sorted(lat[who]["samples_ms"])
+            if xs:
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax2.step(
+                    xs,
+                    ys,
+                    where="post",
+                    label=f"{label} (p50 {lat[who]['p50_ms']:.2f}, p99 "
+                    f"{lat[who]['p99_ms']:.2f} ms)",
+                )
+        ax2.axvline(1.3, color="0.7", ls=":")
+        ax2.axvline(2.0, color="0.7", ls="--")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("push -> start of touch (ms, log)")
+        ax2.set_ylabel("fraction of tasks")
+        ax2.set_title(f"latency at {lat['rate_per_s']:.0f} pushes/s (lines: 1.3, 2.0 ms)")
+        ax2.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Goophry benchmark {doc['started']} ({doc['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,456 @@
+"""The benchmark scenarios: each measures the daemon beside a reference, in the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.daemon import STANDIN_DAEMON_CMD, Daemon, TaskSpec
+from bench.inotify import CreationWatcher
+from bench.redisproc import CommandMeter, RedisServer, RespClient, encode
+
+TRUE = "/bin/true"
+TOUCH = "/usr/bin/touch"
+SLEEP = "/bin/sleep"
+#: Redis commands that block server-side waiting for an entry.
+BLOCKING = {"blpop", "brpop", "blmove", "brpoplpush", "blmpop", "bzpopmin", "bzpopmax"}
+POLL_S = 0.02
+TAIL_POLL_S = 0.01
+METHOD = (
+    "daemon started, warmed up and idle (blocked on Redis); N entries pushed with pipelined "
+    "RPUSH (1000 per command); timed from just before the push until the stats show "
+    "Succeeded+Failed+Invalid grown by N (LLEN polled every 20 ms until the queue is empty, "
+    "then stats every 10 ms); without stats: until the queue is empty and the daemon has no "
+    "children. Raw reference: a fresh `python -m bench.raw` process, timed inside. The two "
+    "alternate (raw, ours, raw, ours, ...); figures are medians."
+)
+
+
+def median(values: Sequence[float]) -> float:
+    """Median, or NaN when there is nothing."""
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Bench:
+    """What every scenario shares: the private Redis, the daemon command, options."""
+
+    daemon_cmd: str
+    quick: bool = False
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="goophry-bench-"))
+    redis: RedisServer | None = None
+    client: RespClient | None = None
+    notes: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Bench:
+        self.redis = RedisServer(self.workdir)
+        self.redis.start()
+        self.client = self.redis.client()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client:
+            self.client.close()
+        if self.redis:
+            self.redis.stop()
+
+    @property
+    def rc(self) -> RespClient:
+        """The harness's own Redis connection."""
+        assert self.client is not None
+        return self.client
+
+    def redis_version(self) -> str:
+        """The private server's version."""
+        return self.rc.info("server").get("redis_version", "?")
+
+    @contextmanager
+    def daemon(self, tasks: list[TaskSpec], cmd: str | None = None) -> Iterator[Daemon]:
+        """A started daemon for a block; stopped (SIGTERM) and Redis flushed after."""
+        assert self.redis is not None
+        d = Daemon(
+            cmd or self.daemon_cmd, tempfile.mkdtemp(dir=self.workdir), self.redis.port, tasks
+        )
+        d.start(self.rc)
+        try:
+            yield d
+        finally:
+            d.stop()
+            self.rc.call("FLUSHALL")
+            label = "reference spawner" if cmd == STANDIN_DAEMON_CMD else "daemon"
+            for note in d.notes:
+                if f"{label}: {note}" not in self.notes:
+                    self.notes.append(f"{label}: {note}")
+                    self.log(f"  note: {label}: {note}")
+
+    def drain(
+        self,
+        d: Daemon,
+        pushes: dict[str, list[bytes]],
+        count_children: bool = False,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """Push all entries at once and time the daemon until it has finished them."""
+        n = sum(len(v) for v in pushes.values())
+        keys = [f"{d.queue_key}:{t}" for t in pushes]
+        cmds = [
+            ["RPUSH", k, *v[i : i + 1000]]
+            for k, v in zip(keys, pushes.values(), strict=True)
+            for i in range(0, len(v), 1000)
+        ]
+        base = d.counts()
+        meter = CommandMeter(self.rc)
+        meter.start()
+        cpu0 = d.cpu_s()
+        peak_children = 0
+        t0 = time.monotonic()
+        self.rc.pipeline(cmds)
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if count_children:
+                peak_children = max(peak_children, len(d.ps.children()) if d.ps else 0)
+            if not any(self.rc.pipeline([["LLEN", k] for k in keys])):
+                break
+            time.sleep(POLL_S)
+        counts = base
+        while time.monotonic() < deadline:
+            if base is not None:
+                counts = d.counts()
+                if counts is not None and counts.finished - base.finished >= n:
+                    break
+            elif d.ps is not None and not d.ps.children():
+                break
+            time.sleep(TAIL_POLL_S)
+        else:
+            raise RuntimeError(f"daemon did not finish {n} tasks in {timeout:.0f} s")
+        wall = time.monotonic() - t0
+        cpu = d.cpu_s() - cpu0
+        commands = meter.stop()
+        result: dict[str, Any] = {
+            "n": n,
+            "wall_s": wall,
+            "rate": n / wall,
+            "cpu_s": cpu,
+            "cpu_per_1000_s": cpu * 1000 / n,
+            "redis_commands": commands,
+            "peak_rss_kb": d.peak_rss_kb(),
+            "completion": "stats" if base is not None else "llen+children",
+        }
+        if base is not None and counts is not None:
+            ok = counts.succeeded - base.succeeded
+            result.update(
+                succeeded=ok,
+                failed=counts.failed - base.failed,
+                invalid=counts.invalid - base.invalid,
+            )
+        else:
+            ok = n
+        result["commands_per_task"] = sum(commands.values()) / max(1, ok)
+        if count_children:
+            result["peak_children"] = peak_children
+        return result
+
+    def raw(self, n: int, concurrency: int, argv: Sequence[str] = (TRUE,)) -> dict[str, Any]:
+        """One run of the raw posix_spawn loop, in a fresh process."""
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.raw",
+                "--n",
+                str(n),
+                "--concurrency",
+                str(concurrency),
+                "--",
+                *argv,
+            ],
+            check=True,
+            capture_output=True,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        ).stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def true_entries(n: int) -> list[bytes]:
+    """n entries without arguments."""
+    return [b'{"Args":[]}'] * n
+
+
+def _spread(
+    n: int, types: Sequence[str], make: Callable[[int], list[bytes]]
+) -> dict[str, list[bytes]]:
+    """n entries dealt evenly across types."""
+    return {t: make(n // len(types) + (i < n % len(types))) for i, t in enumerate(types)}
+
+
+def _compare(
+    b: Bench,
+    tasks: list[TaskSpec],
+    pushes: dict[str, list[bytes]],
+    concurrency: int,
+    repeats: int,
+    argv: Sequence[str] = (TRUE,),
+    count_children: bool = False,
+    warmup: int = 0,
+) -> dict[str, Any]:
+    """Alternate raw and ours `repeats` times with one daemon; medians and ratios."""
+    n = sum(len(v) for v in pushes.values())
+    raws: list[dict[str, Any]] = []
+    ours: list[dict[str, Any]] = []
+    with b.daemon(tasks) as d:
+        if warmup:
+            b.drain(d, {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()})
+        for _ in range(repeats):
+            raws.append(b.raw(n, concurrency, argv))
+            ours.append(b.drain(d, pushes, count_children=count_children))
+    raw_rate = median([r["rate"] for r in raws])
+    our_rate = median([r["rate"] for r in ours])
+    out: dict[str, Any] = {
+        "n": n,
+        "concurrency": concurrency,
+        "raw_rate": raw_rate,
+        "ours_rate": our_rate,
+        "ratio": our_rate / raw_rate,
+        "pair_ratios": [o["rate"] / r["rate"] for o, r in zip(ours, raws, strict=True)],
+        "ours_cpu_per_1000_s": median([o["cpu_per_1000_s"] for o in ours]),
+        "raw_cpu_per_1000_s": median([r["cpu_per_1000_s"] for r in raws]),
+        "child_cpu_per_task_ms": median([r["child_cpu_per_task_ms"] for r in raws]),
+        "commands_per_task": median([o["commands_per_task"] for o in ours]),
+        "peak_rss_kb": max(o["peak_rss_kb"] for o in ours),
+        "failed": sum(o.get("failed", 0) + o.get("invalid", 0) for o in ours),
+        "runs": {"raw": raws, "ours": ours},
+    }
+    if count_children:
+        out["peak_children"] = max(o["peak_children"] for o in ours)
+    return out
+
+
+def throughput(b: Bench, workers: Sequence[int], n: int, repeats: int) -> dict[str, Any]:
+    """Tasks/s draining n pre-queued /bin/true tasks, per Workers, beside the raw loop."""
+    by_workers: dict[str, Any] = {}
+    for w in workers:
+        t0 = time.monotonic()
+        r = _compare(
+            b, [TaskSpec("t0", TRUE, w)], {"t0": true_entries(n)}, w, repeats, warmup=min(n, 500)
+        )
+        by_workers[str(w)] = r
+        b.log(
+            f"  Workers={w}: raw {r['raw_rate']:.0f}/s, ours {r['ours_rate']:.0f}/s, "
+            f"ratio {r['ratio']:.2f} ({time.monotonic() - t0:.1f} s)"
+        )
+    return {"method": METHOD, "n": n, "repeats": repeats, "by_workers": by_workers}
+
+
+def cost(b: Bench, tput: dict[str, Any]) -> dict[str, Any]:
+    """Per-task cost, read from throughput runs: CPU, Redis commands, peak RSS."""
+    out: dict[str, Any] = {"go_original_cpu_per_1000_s": [0.15, 0.26], "by_workers": {}}
+    for w, r in tput["by_workers"].items():
+        ours = r["runs"]["ours"]
+        merged: dict[str, int] = {}
+        for run in ours:
+            for k, v in run["redis_commands"].items():
+                merged[k] = merged.get(k, 0) + v
+        tasks = sum(run.get("succeeded", run["n"]) for run in ours)
+        out["by_workers"][w] = {
+            "ours_cpu_per_1000_s": r["ours_cpu_per_1000_s"],
+            "raw_cpu_per_1000_s": r["raw_cpu_per_1000_s"],
+            "cpu_ratio": r["ours_cpu_per_1000_s"] / max(1e-9, r["raw_cpu_per_1000_s"]),
+            "commands_per_task": r["commands_per_task"],
+            "commands_per_task_by_name": {k: v / max(1, tasks) for k, v in merged.items()},
+            "peak_rss_mb": r["peak_rss_kb"] / 1024,
+            "child_cpu_per_task_ms": r["child_cpu_per_task_ms"],
+        }
+    return out
+
+
+def idle(
+    b: Bench, types: int, seconds: float, workers: int = 8, settle: float = 3.0
+) -> dict[str, Any]:
+    """Daemon CPU and Redis traffic with `types` task types and nothing to do."""
+    tasks = [TaskSpec(f"t{i}", TRUE, workers) for i in range(types)]
+    with b.daemon(tasks) as d:
+        time.sleep(settle)
+        meter = CommandMeter(b.rc)
+        meter.start()
+        cpu0, ns0, t0 = d.cpu_s(), d.cpu_ns_precise(), time.monotonic()
+        time.sleep(seconds)
+        cpu1, ns1, t1 = d.cpu_s(), d.cpu_ns_precise(), time.monotonic()
+        commands = meter.stop()
+    wall = t1 - t0
+    blocking = sum(v for k, v in commands.items() if k in BLOCKING)
+    other = sum(v for k, v in commands.items() if k not in BLOCKING)
+    return {
+        "types": types,
+        "workers": workers,
+        "seconds": wall,
+        "settle_s": settle,
+        "cpu_percent": 100 * (ns1 - ns0) / 1e9 / wall,
+        "cpu_percent_ticks": 100 * (cpu1 - cpu0) / wall,
+        "commands_per_s": sum(commands.values()) / wall,
+        "blocking_per_s": blocking / wall,
+        "other_per_s": other / wall,
+        "commands_per_s_by_name": {k: v / wall for k, v in commands.items()},
+    }
+
+
+def _latency_run(
+    b: Bench,
+    watcher: CreationWatcher,
+    directory: str,
+    tag: str,
+    samples: int,
+    rate: float,
+    push: Callable[[str], int],
+) -> dict[str, Any]:
+    """Push (or spawn) `touch <new path>` at a steady rate; latency = creation - push."""
+    interval = int(1e9 / rate)
+    warm = [f"{tag}-w{i}" for i in range(20)]
+    names = [f"{tag}-{i}" for i in range(samples)]
+    pushed: dict[str, int] = {}
+    t_next = time.monotonic_ns()
+    for name in warm + names:
+        watcher.wait_until(t_next)
+        pushed[name] = push(os.path.join(directory, name))
+        t_next = max(t_next + interval, time.monotonic_ns())
+    end = time.monotonic_ns() + 3_000_000_000
+    while time.monotonic_ns() < end and not all(n in watcher.created for n in names):
+        watcher.wait(0.05)
+    lat = [(watcher.created[n] - pushed[n]) / 1e6 for n in names if n in watcher.created]
+    return {"samples_ms": lat, "missing": samples - len(lat)}
+
+
+def _summary(lat: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat) if lat else float("nan"),
+        "n": len(lat),
+    }
+
+
+def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) -> dict[str, Any]:
+    """Push-to-start of `touch` at a low rate: ours, a plain BLPOP spawner, a bare spawn."""
+    directory = tempfile.mkdtemp(dir=b.workdir, prefix="touch-")
+    watcher = CreationWatcher(directory)
+    key = "bench:lat"
+
+    def push_redis(path: str) -> int:
+        cmd = encode("RPUSH", key, json.dumps({"Args": [path]}))
+        t = time.monotonic_ns()
+        b.rc.sock.sendall(cmd)
+        b.rc.read()
+        return t
+
+    def spawn_direct(path: str) -> int:
+        while True:  # reap finished touches before the clock starts
+            try:
+                if not os.waitpid(-1, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+        t = time.monotonic_ns()
+        os.posix_spawn(TOUCH, [TOUCH, path], os.environ)
+        return t
+
+    tasks = [TaskSpec("lat", TOUCH, workers)]
+    series: dict[str, list[float]] = {"ours": [], "blpop": [], "floor": []}
+    missing = dict.fromkeys(series, 0)
+    per = max(1, samples // rounds)
+    try:
+        for r in range(rounds):
+            for who, cmd in (("blpop", STANDIN_DAEMON_CMD), ("ours", None)):
+                with b.daemon(tasks, cmd=cmd):
+                    got = _latency_run(b, watcher, directory, f"{who}{r}", per, rate, push_redis)
+                series[who] += got["samples_ms"]
+                missing[who] += got["missing"]
+        got = _latency_run(b, watcher, directory, "floor", per, rate, spawn_direct)
+        series["floor"] += got["samples_ms"]
+        missing["floor"] += got["missing"]
+    finally:
+        watcher.close()
+    out: dict[str, Any] = {
+        "rate_per_s": rate,
+        "workers": workers,
+        "rounds": rounds,
+        "clock": "time.monotonic_ns (push: just before the RPUSH is sent; "
+        "start: inotify IN_CREATE of the touched path)",
+    }
+    for who, lat in series.items():
+        out[who] = {**_summary(lat), "missing": missing[who], "samples_ms": lat}
+    out["ratio_p50_to_blpop"] = out["ours"]["p50_ms"] / out["blpop"]["p50_ms"]
+    out["ratio_p99_to_blpop"] = out["ours"]["p99_ms"] / out["blpop"]["p99_ms"]
+    return out
+
+
+def scale(
+    b: Bench,
+    type_counts: Sequence[int],
+    n: int,
+    repeats: int,
+    workers: int = 8,
+    alive: int = 256,
+    sleep_s: float = 0.3,
+    waves: int = 8,
+) -> dict[str, Any]:
+    """Throughput over many task types, and with `alive` long children at once."""
+    by_types: dict[str, Any] = {}
+    for t in type_counts:
+        t0 = time.monotonic()
+        names = [f"t{i}" for i in range(t)]
+        r = _compare(
+            b,
+            [TaskSpec(x, TRUE, workers) for x in names],
+            _spread(n, names, true_entries),
+            workers * t,
+            repeats,
+            warmup=min(n, 500),
+        )
+        by_types[str(t)] = r
+        b.log(
+            f"  types={t} (Workers {workers} each): raw {r['raw_rate']:.0f}/s, ours "
+            f"{r['ours_rate']:.0f}/s, ratio {r['ratio']:.2f} ({time.monotonic() - t0:.1f} s)"
+        )
+    t0 = time.monotonic()
+    entry = json.dumps({"Args": [str(sleep_s)]}).encode()
+    r = _compare(
+        b,
+        [TaskSpec("sleep", SLEEP, alive)],
+        {"sleep": [entry] * (alive * waves)},
+        alive,
+        repeats,
+        argv=(SLEEP, str(sleep_s)),
+        count_children=True,
+    )
+    r["ideal_rate"] = alive / sleep_s
+    b.log(
+        f"  {alive} alive ({SLEEP} {sleep_s}): raw {r['raw_rate']:.0f}/s, ours "
+        f"{r['ours_rate']:.0f}/s, ratio {r['ratio']:.2f}, peak children "
+        f"{r['peak_children']} ({time.monotonic() - t0:.1f} s)"
+    )
+    return {
+        "method": METHOD,
+        "workers_per_type": workers,
+        "by_types": by_types,
+        "alive": {"children": alive, "script": f"{SLEEP} {sleep_s}", **r},
+    }

@@ -1,0 +1,381 @@
+"""
+Reading and checking the JSON configuration.
+
+Keys are matched case-insensitively, as Go's JSON decoder does, so configs
+written for Goophry 1.1.0 load unchanged.  Every problem is reported as a
+L{ConfigError} naming the file, the setting and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+@attrs.frozen
+class TaskType:
+    """One kind of task: which script runs it and how many at once."""
+
+    type: str
+    script: str
+    workers: int = 1
+    timeout: float = 0.0
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration, validated, with paths made absolute."""
+
+    path: str
+    redis_queue_key: str
+    tasks: tuple[TaskType, ...]
+    redis_address: str = "127.0.0.1:6379"
+    redis_network: str = "tcp"
+    redis_password: str | None = attrs.field(default=None, repr=False)
+    redis_username: str | None = None
+    redis_db: int = 0
+    error_script: str | None = None
+    failed_tasks_ttl: int = 0
+    logfile: str | None = None
+    stats_interface: str | None = None
+    stats_pattern: str = "/"
+    stats_tls_cert_file: str | None = None
+    stats_tls_key_file: str | None = None
+    metrics_pattern: str = "/metrics"
+    output_limit: int = 65536
+    shutdown_timeout: float = 0.0
+    kill_grace: float = 5.0
+    instance_timeout: float = 15.0
+    max_recoveries: int = 3
+    block_timeout: float = 10.0
+    error_script_timeout: float = 30.0
+    error_queue_size: int = 1000
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        """The TCP host and port of RedisAddress."""
+        return split_host_port(self.redis_address, "RedisAddress", self.path)
+
+
+_TOP_KEYS = (
+    "RedisAddress",
+    "RedisNetwork",
+    "RedisQueueKey",
+    "RedisPassword",
+    "RedisUsername",
+    "RedisDB",
+    "Tasks",
+    "ErrorScript",
+    "FailedTasksTTL",
+    "Logfile",
+    "StatsInterface",
+    "StatsPattern",
+    "StatsTLSCertFile",
+    "StatsTLSKeyFile",
+    "MetricsPattern",
+    "OutputLimit",
+    "ShutdownTimeout",
+    "KillGrace",
+    "InstanceTimeout",
+    "MaxRecoveries",
+    "BlockTimeout",
+    "ErrorScriptTimeout",
+    "ErrorQueueSize",
+)
+_TASK_KEYS = ("Type", "Script", "Workers", "Timeout")
+
+
+def _describe(value: object) -> str:
+    """Show a JSON value the way the error messages quote it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+class _Reader:
+    """
+    Looks up keys case-insensitively in one JSON object and checks types,
+    naming the setting in every error.
+    """
+
+    def __init__(
+        self, source: str, where: str, obj: Mapping[str, Any], known: tuple[str, ...]
+    ) -> None:
+        self.source = source
+        self.where = where
+        self.values: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        exact = {k: k for k in known}
+        folded = {k.lower(): k for k in known}
+        for key, value in obj.items():
+            name = exact.get(key) or folded.get(key.lower())
+            if name is None:
+                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f"; did you mean {near[0]}?" if near else ""
+                self.warnings.append(f"{self.source}: {self.where}{key}: unknown setting{hint}")
+                continue
+            # Go's decoder lets the exact spelling win over a folded one.
+            if name in self.values and key != name:
+                continue
+            self.values[name] = value
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where}{name}: {problem}")
+
+    def get(
+        self, name: str, check: Callable[[_Reader, str, Any], T], default: T
+    ) -> T:
+        if name not in self.values or self.values[name] is None:
+            return default
+        return check(self, name, self.values[name])
+
+    def require(self, name: str, check: Callable[[_Reader, str, Any], T]) -> T:
+        if name not in self.values or self.values[name] is None:
+            raise self.fail(name, "required, but missing")
+        return check(self, name, self.values[name])
+
+
+def _string(reader: _Reader, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise reader.fail(name, f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _nonempty(reader: _Reader, name: str, value: Any) -> str:
+    text = _string(reader, name, value)
+    if not text:
+        raise reader.fail(name, "must not be empty")
+    return text
+
+
+def _integer(reader: _Reader, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise reader.fail(name, f"expected an integer, got {_describe(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise reader.fail(name, f"expected an integer, got {_describe(value)}")
+        value = int(value)
+    return value
+
+
+def _nonnegative_integer(reader: _Reader, name: str, value: Any) -> int:
+    number = _integer(reader, name, value)
+    if number < 0:
+        raise reader.fail(name, f"must be 0 or more, got {number}")
+    return number
+
+
+def _positive_integer(reader: _Reader, name: str, value: Any) -> int:
+    number = _integer(reader, name, value)
+    if number < 1:
+        raise reader.fail(name, f"must be 1 or more, got {number}")
+    return number
+
+
+def _seconds(reader: _Reader, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise reader.fail(name, f"expected a number of seconds, got {_describe(value)}")
+    if value < 0:
+        raise reader.fail(name, f"must be 0 or more seconds, got {_describe(value)}")
+    return float(value)
+
+
+def split_host_port(address: str, name: str, source: str) -> tuple[str, int]:
+    """
+    Split C{host:port} (or C{[v6]:port}) as Go's net.SplitHostPort does.
+
+    @raise ConfigError: naming C{name} when it is not of that form.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{source}: {name}: expected host:port, got {_describe(address)}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(
+            f"{source}: {name}: an IPv6 address needs brackets, as in [::1]:port, "
+            f"got {_describe(address)}"
+        )
+    return host, int(port_text)
+
+
+def _resolve(base: str, path: str) -> str:
+    """Make a path from the config absolute, relative to the config's folder."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def _resolve_script(base: str, script: str) -> str:
+    """
+    Find a script: paths are taken relative to the config's folder; a bare
+    command name not found there is looked up on PATH, as Go's exec does.
+    """
+    if os.sep in script:
+        return _resolve(base, script)
+    local = os.path.join(base, script)
+    if os.path.exists(local):
+        return local
+    found = shutil.which(script)
+    return found if found is not None else local
+
+
+def _check_executable(reader: _Reader, name: str, path: str) -> None:
+    if not os.path.exists(path):
+        raise reader.fail(name, f"{path}: no such file")
+    if os.path.isdir(path):
+        raise reader.fail(name, f"{path}: is a directory")
+    if not os.access(path, os.X_OK):
+        raise reader.fail(name, f"{path}: not executable (chmod +x?)")
+
+
+def _check_readable(reader: _Reader, name: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise reader.fail(name, f"{path}: cannot read: {e.strerror}") from None
+
+
+def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, list[str]]:
+    where = f"Tasks[{index}]."
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: Tasks[{index}]: expected an object, got {_describe(raw)}")
+    reader = _Reader(source, where, raw, _TASK_KEYS)
+    type_name = reader.require("Type", _nonempty)
+    if ":" in type_name and type_name.endswith((":failed", ":inflight")):
+        raise reader.fail("Type", f"{_describe(type_name)} would collide with a key of the daemon")
+    script = _resolve_script(base, reader.require("Script", _nonempty))
+    _check_executable(reader, "Script", script)
+    # The original treats anything below 1 as 1.
+    workers = max(1, reader.get("Workers", _integer, 1))
+    timeout = reader.get("Timeout", _seconds, 0.0)
+    return TaskType(type_name, script, workers, timeout), reader.warnings
+
+
+def parse_config(source: str, data: Any, base: str) -> Config:
+    """
+    Check a decoded JSON document and build a L{Config}.
+
+    @param source: the file name, used in messages.
+    @param base: the folder that relative paths are taken from.
+    @raise ConfigError: when anything is wrong.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {_describe(data)}")
+    reader = _Reader(source, "", data, _TOP_KEYS)
+    warnings = list(reader.warnings)
+
+    network = reader.get("RedisNetwork", _string, "tcp")
+    if network not in ("tcp", "unix"):
+        raise reader.fail("RedisNetwork", f'expected "tcp" or "unix", got {_describe(network)}')
+    address = reader.get("RedisAddress", _nonempty, "127.0.0.1:6379")
+    if network == "tcp":
+        split_host_port(address, "RedisAddress", source)
+    else:
+        address = _resolve(base, address)
+
+    queue_key = reader.require("RedisQueueKey", _nonempty)
+
+    raw_tasks = reader.require("Tasks", lambda r, n, v: v)
+    if not isinstance(raw_tasks, list):
+        raise reader.fail("Tasks", f"expected an array of tasks, got {_describe(raw_tasks)}")
+    if not raw_tasks:
+        raise reader.fail("Tasks", "at least one task type is needed")
+    tasks = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_tasks):
+        task, task_warnings = _read_task(source, base, index, raw)
+        if task.type in seen:
+            raise ConfigError(
+                f"{source}: Tasks[{index}].Type: {_describe(task.type)} "
+                f"is already used by Tasks[{seen[task.type]}]"
+            )
+        seen[task.type] = index
+        tasks.append(task)
+        warnings.extend(task_warnings)
+
+    error_script = reader.get("ErrorScript", _string, "") or None
+    if error_script is not None:
+        error_script = _resolve_script(base, error_script)
+        _check_executable(reader, "ErrorScript", error_script)
+
+    logfile = reader.get("Logfile", _string, "") or None
+    if logfile is not None:
+        logfile = _resolve(base, logfile)
+
+    stats_interface = reader.get("StatsInterface", _string, "") or None
+    if stats_interface is not None:
+        split_host_port(stats_interface, "StatsInterface", source)
+    stats_pattern = reader.get("StatsPattern", _nonempty, "/")
+    metrics_pattern = reader.get("MetricsPattern", _nonempty, "/metrics")
+    for name, pattern in (("StatsPattern", stats_pattern), ("MetricsPattern", metrics_pattern)):
+        if not pattern.startswith("/"):
+            raise reader.fail(name, f'must start with "/", got {_describe(pattern)}')
+
+    cert = reader.get("StatsTLSCertFile", _string, "") or None
+    key = reader.get("StatsTLSKeyFile", _string, "") or None
+    if (cert is None) != (key is None):
+        missing = "StatsTLSKeyFile" if key is None else "StatsTLSCertFile"
+        raise reader.fail(missing, "both StatsTLSCertFile and StatsTLSKeyFile are needed for HTTPS")
+    if cert is not None and key is not None:
+        cert, key = _resolve(base, cert), _resolve(base, key)
+        _check_readable(reader, "StatsTLSCertFile", cert)
+        _check_readable(reader, "StatsTLSKeyFile", key)
+
+    return Config(
+        path=source,
+        redis_queue_key=queue_key,
+        tasks=tuple(tasks),
+        redis_address=address,
+        redis_network=network,
+        redis_password=reader.get("RedisPassword", _string, "") or None,
+        redis_username=reader.get("RedisUsername", _string, "") or None,
+        redis_db=reader.get("RedisDB", _nonnegative_integer, 0),
+        error_script=error_script,
+        failed_tasks_ttl=reader.get("FailedTasksTTL", _nonnegative_integer, 0),
+        logfile=logfile,
+        stats_interface=stats_interface,
+        stats_pattern=stats_pattern,
+        stats_tls_cert_file=cert,
+        stats_tls_key_file=key,
+        metrics_pattern=metrics_pattern,
+        output_limit=reader.get("OutputLimit", _positive_integer, 65536),
+        shutdown_timeout=reader.get("ShutdownTimeout", _seconds, 0.0),
+        kill_grace=reader.get("KillGrace", _seconds, 5.0),
+        instance_timeout=max(1.0, reader.get("InstanceTimeout", _seconds, 15.0)),
+        max_recoveries=reader.get("MaxRecoveries", _positive_integer, 3),
+        block_timeout=max(0.1, reader.get("BlockTimeout", _seconds, 10.0)),
+        error_script_timeout=reader.get("ErrorScriptTimeout", _seconds, 30.0),
+        error_queue_size=reader.get("ErrorQueueSize", _positive_integer, 1000),
+        warnings=tuple(warnings),
+    )
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and check the configuration file at C{path}.
+
+    @raise ConfigError: when it cannot be read or anything in it is wrong.
+    """
+    source = os.path.basename(path) or path
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: not valid JSON: {e}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    return parse_config(source, data, base)

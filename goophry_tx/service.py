@@ -1,0 +1,256 @@
+"""
+The daemon as a tree of Twisted services, built from a L{Config}.
+
+Data flows one way: config -> this service -> a consumer per task type ->
+the script runner -> outcome -> outcome store, ErrorScript and stats.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
+
+from goophry_tx import __version__
+from goophry_tx.config import Config, split_host_port
+from goophry_tx.consumer import Consumer
+from goophry_tx.failures import ErrorNotifier, OutcomeStore
+from goophry_tx.keys import Keys
+from goophry_tx.redis import RedisHealth, RedisLink
+from goophry_tx.runner import ScriptRunner
+from goophry_tx.spawn import PosixSpawner
+from goophry_tx.stats import Stats, StatsResource
+from goophry_tx.tls import server_tls_options
+
+
+def instance_name() -> str:
+    """A name for this daemon instance: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def parse_redis_version(info: bytes) -> tuple[int, ...]:
+    """The server's version from the text of C{INFO server}."""
+    for line in info.decode("utf-8", "replace").splitlines():
+        if line.startswith("redis_version:"):
+            return tuple(int(p) for p in line.split(":", 1)[1].strip().split(".") if p.isdigit())
+    return ()
+
+
+class GoophryService(MultiService):
+    """Everything one daemon runs, started and stopped together."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        verbose: bool = False,
+        instance: str | None = None,
+        redis_endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self.verbose = verbose
+        self.instance = instance or instance_name()
+        self.keys = Keys(config.redis_queue_key)
+        self.stats = Stats(reactor, [t.type for t in config.tasks])
+
+        address = config.redis_address
+        self.health = RedisHealth(reactor, address)
+        self.stats.redis_connected = lambda: self.health.connected
+        endpoint = redis_endpoint or self._redis_endpoint()
+
+        def link(purpose: str) -> RedisLink:
+            new = RedisLink(
+                reactor,
+                endpoint,
+                self.health,
+                name=purpose,
+                password=config.redis_password,
+                username=config.redis_username,
+                db=config.redis_db,
+                client_name=f"goophry:{purpose}",
+            )
+            new.setServiceParent(self)
+            return new
+
+        self.control = link("control")
+        self.spawner = PosixSpawner(reactor)
+        self.runner = ScriptRunner(
+            self.spawner, reactor, config.output_limit, config.kill_grace
+        )
+        self.store = OutcomeStore(
+            self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
+        )
+        self.notifier = ErrorNotifier(
+            ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace),
+            config.error_script,
+            config.error_queue_size,
+            config.error_script_timeout,
+        )
+        self.consumers = [
+            Consumer(
+                task_type=task_type,
+                keys=self.keys,
+                instance=self.instance,
+                blocking=link(f"take:{task_type.type}"),
+                control=self.control,
+                store=self.store,
+                runner=self.runner,
+                notifier=self.notifier,
+                counters=self.stats.types[task_type.type],
+                clock=reactor,
+                verbose=verbose,
+                block_timeout=config.block_timeout,
+            )
+            for task_type in config.tasks
+        ]
+        if config.stats_interface:
+            self._stats_service().setServiceParent(self)
+        self._started: Deferred[None] | None = None
+
+    def _redis_endpoint(self) -> IStreamClientEndpoint:
+        config = self.config
+        if config.redis_network == "unix":
+            return endpoints.UNIXClientEndpoint(self._reactor, config.redis_address, timeout=5)
+        host, port = config.redis_host_port
+        return endpoints.HostnameEndpoint(self._reactor, host, port, timeout=5)
+
+    def _stats_service(self) -> StreamServerEndpointService:
+        config = self.config
+        assert config.stats_interface is not None
+        host, port = split_host_port(config.stats_interface, "StatsInterface", config.path)
+        endpoint: IStreamServerEndpoint
+        if ":" in host:
+            endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
+        else:
+            endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
+        resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
+        site = Site(resource)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        factory: Any = site
+        if config.stats_tls_cert_file and config.stats_tls_key_file:
+            options = server_tls_options(
+                config.stats_tls_cert_file, config.stats_tls_key_file, config.path
+            )
+            factory = TLSMemoryBIOFactory(options, False, site)
+        service = StreamServerEndpointService(endpoint, factory)
+        # A port that cannot be had stops the daemon at start.
+        service._raiseSynchronously = True
+        return service
+
+    def startService(self) -> None:  # noqa: N802 (Twisted's name)
+        super().startService()
+        config = self.config
+        self.log.info(
+            "Goophry {version} instance {instance}: {types} from Redis {address}, "
+            "key {key}",
+            version=__version__,
+            instance=self.instance,
+            types=", ".join(f"{t.type} ({t.workers} workers)" for t in config.tasks),
+            address=config.redis_address,
+            key=config.redis_queue_key,
+        )
+        for warning in config.warnings:
+            self.log.warn("{warning}", warning=warning)
+        self._started = Deferred()
+        self._begin()
+
+    def _begin(self) -> None:
+        """Once Redis answers, learn its version, then start consuming."""
+        d = self.control.when_connected()
+        d.addCallback(lambda _: self.control.execute("INFO", "server"))
+        d.addCallbacks(self._start_consumers, self._start_failed)
+
+    def _start_consumers(self, info: bytes) -> None:
+        if not self.running:
+            return
+        assert self._started is not None
+        version = parse_redis_version(info)
+        if version and version < (6, 2):
+            self.log.warn(
+                "Redis {version} has no BLMOVE (6.2 and newer): falling back to BLPOP, "
+                "so a task running when the daemon dies is lost (at most once)",
+                version=".".join(map(str, version)),
+            )
+            for consumer in self.consumers:
+                consumer.atomic = False
+        for consumer in self.consumers:
+            consumer.start()
+        self._started.callback(None)
+
+    def _start_failed(self, failure: Any) -> None:
+        if self.running:
+            # Lost again before INFO answered: the link comes back by itself.
+            self._reactor.callLater(0.5, self._begin)
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        """
+        Stop taking entries at once, let running scripts finish (stopping
+        them after ShutdownTimeout), write their outcomes, then disconnect.
+        """
+        self.log.info(
+            "stopping: no more entries taken; waiting for {running} running scripts",
+            running=sum(c.running for c in self.consumers),
+        )
+        stopped = DeferredList([c.stop() for c in self.consumers])
+        timer = None
+        if self.config.shutdown_timeout > 0:
+
+            def stop_scripts() -> None:
+                self.log.info(
+                    "ShutdownTimeout ({seconds}s) is over: stopping the running scripts",
+                    seconds=self.config.shutdown_timeout,
+                )
+                for consumer in self.consumers:
+                    consumer.stop_scripts()
+
+            timer = self._reactor.callLater(self.config.shutdown_timeout, stop_scripts)
+
+        def finish(_: object) -> Deferred[int]:
+            if timer is not None and timer.active():
+                timer.cancel()
+            return self.store.flush(timeout=10.0)
+
+        def flushed(unwritten: int) -> Deferred[None]:
+            if unwritten:
+                self.log.warn(
+                    "{count} outcomes could not be written to Redis; their entries stay in "
+                    "the in-flight lists and will run again",
+                    count=unwritten,
+                )
+            d = MultiService.stopService(self)
+            d.addBoth(lambda r: (self.spawner.close(), r)[1])
+            return d
+
+        stopped.addCallback(finish)
+        stopped.addCallback(flushed)
+        return stopped
+
+    def when_started(self) -> Deferred[None]:
+        """Fires when the consumers have started (for tests)."""
+        return self._started or succeed(None)
+
+
+def build_service(
+    config: Config, reactor: IReactorCore | None = None, verbose: bool = False
+) -> GoophryService:
+    """Build the daemon's service; the reactor is the global one unless given."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor  # type: ignore[assignment]
+    return GoophryService(config, reactor, verbose=verbose)

@@ -1,0 +1,276 @@
+"""
+Starting scripts cheaply: C{posix_spawn}, one pipe, and a pidfd.
+
+Twisted's C{spawnProcess} lists C{/dev/fd}, calls C{fcntl} per open
+descriptor, resets 64 signal handlers and makes three pipes per child, and
+puts the child in the daemon's process group.  A task runner starts a
+process per task, so this module does the least that is correct instead:
+
+  - the child gets a process group of its own (C{setpgroup=0}), so Ctrl-C
+    on a foreground daemon misses it and a timeout can kill its whole tree;
+  - stdin is C{/dev/null}; stdout and stderr share one pipe, since both
+    count as output alike;
+  - the exit is seen through a pidfd, so a backgrounded grandchild that
+    keeps the pipe open cannot hold the task: output is drained when the
+    script exits, then the pipe is closed.
+
+L{PosixSpawner} offers this as L{IReactorProcess}, so the runner can be
+tested against any fake process reactor, and delivers a script's output
+before its C{processExited}.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IProcessProtocol,
+    IProcessTransport,
+    IReactorFDSet,
+    IReactorProcess,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+_READ_SIZE = 65536
+
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
+
+
+def _ignored_signals() -> tuple[int, ...]:
+    """Signals this process ignores: a child would inherit them ignored."""
+    ignored = {signal.SIGPIPE, signal.SIGXFSZ}
+    for number in signal.valid_signals():
+        try:
+            if signal.getsignal(number) == signal.SIG_IGN:
+                ignored.add(number)
+        except (ValueError, OSError):
+            pass
+    return tuple(sorted(ignored))
+
+
+class _Reader:
+    """A file descriptor the reactor watches for one of our children."""
+
+    def __init__(self, fd: int, on_read: Any) -> None:
+        self.fd = fd
+        self.doRead = on_read
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
+        pass
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "goophry-child"
+
+
+@implementer(IProcessTransport)
+class SpawnedProcess:
+    """
+    The transport of one child: its pid, its output pipe and its pidfd.
+
+    Signals go to the child's whole process group, since it leads one.
+    """
+
+    def __init__(
+        self, reactor: IReactorFDSet, protocol: IProcessProtocol, pid: int, out_fd: int
+    ) -> None:
+        self._reactor = reactor
+        self.proto = protocol
+        self.pid: int | None = pid
+        self._pgid = pid
+        self._out: _Reader | None = _Reader(out_fd, self._read_output)
+        self._exit: _Reader | None = None
+        reactor.addReader(self._out)  # type: ignore[arg-type]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Cannot happen to a child we have not reaped yet; be safe anyway.
+            self._reap_blocking()
+            return
+        self._exit = _Reader(pidfd, self._exited)
+        reactor.addReader(self._exit)  # type: ignore[arg-type]
+
+    # Output
+
+    def _read_output(self) -> None:
+        reader = self._out
+        if reader is None:
+            return
+        try:
+            data = os.read(reader.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.proto.childDataReceived(1, data)
+        else:
+            self._close_output()
+
+    def _drain_output(self) -> None:
+        """Read what the script left in the pipe, without waiting for EOF."""
+        while self._out is not None:
+            try:
+                data = os.read(self._out.fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_output()
+                return
+            self.proto.childDataReceived(1, data)
+
+    def _close_output(self) -> None:
+        reader, self._out = self._out, None
+        if reader is not None:
+            self._reactor.removeReader(reader)  # type: ignore[arg-type]
+            os.close(reader.fd)
+            self.proto.childConnectionLost(1)
+
+    # Exit
+
+    def _exited(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            reaped, status = pid, 0
+        if reaped == 0:
+            return
+        self._ended(status)
+
+    def _reap_blocking(self) -> None:
+        assert self.pid is not None
+        _, status = os.waitpid(self.pid, 0)
+        self._ended(status)
+
+    def _ended(self, status: int) -> None:
+        self.pid = None
+        reader, self._exit = self._exit, None
+        if reader is not None:
+            self._reactor.removeReader(reader)  # type: ignore[arg-type]
+            os.close(reader.fd)
+        self._drain_output()
+        if os.WIFSIGNALED(status):
+            reason: Exception = ProcessTerminated(None, os.WTERMSIG(status), status)
+        else:
+            code = os.WEXITSTATUS(status)
+            reason = ProcessDone(status) if code == 0 else ProcessTerminated(code, None, status)
+        self.proto.processExited(Failure(reason))
+        # What a backgrounded grandchild writes later is not the script's.
+        self._close_output()
+        self.proto.processEnded(Failure(reason))
+
+    # IProcessTransport
+
+    def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
+        """Signal the child's process group (the group outlives the child)."""
+        number = _SIGNALS[signalID] if isinstance(signalID, str) else signalID
+        try:
+            os.killpg(self._pgid, number)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            pass
+
+    def closeStdin(self) -> None:  # noqa: N802
+        """stdin is /dev/null already."""
+
+    def closeStdout(self) -> None:  # noqa: N802
+        self._close_output()
+
+    def closeStderr(self) -> None:  # noqa: N802
+        self._close_output()
+
+    def closeChildFD(self, descriptor: int) -> None:  # noqa: N802
+        if descriptor in (1, 2):
+            self._close_output()
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+        raise OSError(errno.EBADF, "the child's stdin is /dev/null")
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self._close_output()
+
+    def write(self, data: bytes) -> None:
+        raise OSError(errno.EBADF, "the child's stdin is /dev/null")
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:  # noqa: N802
+        raise OSError(errno.EBADF, "the child's stdin is /dev/null")
+
+    def getPeer(self) -> Any:  # noqa: N802
+        return ("process", self.pid)
+
+    def getHost(self) -> Any:  # noqa: N802
+        return ("process", os.getpid())
+
+
+@implementer(IReactorProcess)
+class PosixSpawner:
+    """
+    L{IReactorProcess} on C{posix_spawn}, for scripts only.
+
+    C{path}, C{uid}, C{gid}, C{usePTY} and C{childFDs} are not supported:
+    scripts run in the daemon's working directory, as the daemon's user,
+    with stdin from C{/dev/null} and stdout and stderr on one pipe.
+    """
+
+    def __init__(self, reactor: IReactorFDSet, environ: Mapping[str, str] | None = None):
+        self._reactor = reactor
+        self._environ = dict(os.environ if environ is None else environ)
+        self._sigdef = _ignored_signals()
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def spawnProcess(  # noqa: N802
+        self,
+        processProtocol: IProcessProtocol,  # noqa: N803
+        executable: bytes | str,
+        args: Sequence[bytes | str] = (),
+        env: Mapping[bytes | str, bytes | str] | None = None,
+        path: bytes | str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,  # noqa: N803
+        childFDs: Mapping[int, object] | None = None,  # noqa: N803
+    ) -> SpawnedProcess:
+        if path is not None or uid is not None or gid is not None or usePTY or childFDs:
+            raise ValueError("PosixSpawner takes no path, uid, gid, usePTY or childFDs")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            os.set_blocking(read_fd, False)
+            pid = os.posix_spawn(
+                executable,
+                list(args),
+                self._environ if env is None else env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 2),
+                ],
+                setpgroup=0,
+                setsigdef=self._sigdef,
+                setsigmask=(),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        transport = SpawnedProcess(self._reactor, processProtocol, pid, read_fd)
+        processProtocol.makeConnection(transport)
+        return transport
+
+    def close(self) -> None:
+        """Release the /dev/null descriptor."""
+        os.close(self._devnull)

@@ -1,0 +1,161 @@
+"""
+Task entries as producers push them, and what a run of one comes to.
+
+The entry format and the wording of error messages are those of Goophry
+1.1.0, so that producers, failed-list readers and people's alerts keep
+working.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import signal
+
+import attrs
+
+
+@attrs.frozen
+class Task:
+    """A valid entry: run C{script} of this type with C{args}."""
+
+    type: str
+    args: tuple[str, ...]
+    payload: bytes
+
+
+@attrs.frozen
+class InvalidEntry:
+    """An entry that is not a task; it is stored, never dropped."""
+
+    type: str
+    payload: bytes
+    reason: str
+
+
+def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
+    """Decode one queue entry, C{{"Args":["p1","p2"]}}."""
+
+    def invalid(reason: str) -> InvalidEntry:
+        return InvalidEntry(task_type, payload, f"invalid task entry: {reason}")
+
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return invalid(f"not valid UTF-8 (byte {e.start})")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return invalid(f"not JSON: {e}")
+    if not isinstance(data, dict):
+        return invalid(f"expected a JSON object, got {type(data).__name__}")
+    args = data.get("Args")
+    if "Args" not in data:
+        # Go's decoder matches field names case-insensitively.
+        for key, value in data.items():
+            if key.lower() == "args":
+                args = value
+                break
+        else:
+            return invalid("Args is missing")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        return invalid("Args must be an array of strings")
+    for index, arg in enumerate(args):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return invalid(f"Args[{index}] is not valid Unicode")
+    return Task(task_type, tuple(args), payload)
+
+
+@attrs.frozen
+class Outcome:
+    """How one run of a script ended."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    output: bytes = b""
+    truncated: int = 0
+    start_error: str | None = None
+    timed_out: float | None = None
+    duration: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        """Only a silent exit with status 0 is a success."""
+        return self.exit_code == 0 and not self.output and not self.truncated
+
+    def error_message(self) -> str:
+        """The ErrorMessage the original would store for this run."""
+        if self.start_error is not None:
+            return self.start_error
+        output = self.output.decode("utf-8", "replace")
+        if self.truncated:
+            output += f"\n... [truncated {self.truncated} bytes]"
+        if self.signal is not None:
+            status = f"signal: {signal_name(self.signal)}"
+        elif self.exit_code:
+            status = f"exit status {self.exit_code}"
+        else:
+            return output
+        if self.timed_out is not None:
+            status = f"timed out after {format_seconds(self.timed_out)} ({status})"
+        return f"{status}\n{output}" if output else status
+
+
+def signal_name(number: int) -> str:
+    """The signal's description as Go prints it: C{killed}, C{terminated}."""
+    try:
+        text = signal.strsignal(number)
+    except ValueError:
+        text = None
+    return text.lower() if text else f"signal {number}"
+
+
+def format_seconds(seconds: float) -> str:
+    """Seconds as Go prints a duration: C{30s}, C{1.5s}."""
+    return f"{seconds:g}s"
+
+
+def start_error(script: str, error: BaseException) -> str:
+    """The ErrorMessage for a script that could not be started."""
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = os.strerror(error.errno).lower()
+        if error.errno == errno.ENOEXEC:
+            reason = "exec format error"
+    elif isinstance(error, ValueError) and "null" in str(error):
+        reason = "argument contains a NUL byte"
+    else:
+        reason = str(error)
+    return f"fork/exec {script}: {reason}"
+
+
+def error_script_message(script: str, args: tuple[str, ...], error: str) -> str:
+    """The one argument ErrorScript gets, in the original's format."""
+    quoted = "".join(f' "{arg}"' for arg in args)
+    return f"{script}{quoted}\n\n{error}"
+
+
+def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:
+    """
+    The JSON stored in the failed list.
+
+    A valid task keeps its Args; an invalid entry keeps its raw payload, in
+    C{Payload}, and in C{PayloadBase64} too when it is not valid UTF-8.
+    """
+    record: dict[str, object]
+    if isinstance(task, Task):
+        record = {"Args": list(task.args), "ErrorMessage": error}
+    else:
+        record = {
+            "Args": None,
+            "ErrorMessage": error,
+            "Payload": task.payload.decode("utf-8", "backslashreplace"),
+        }
+        try:
+            task.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            record["PayloadBase64"] = base64.b64encode(task.payload).decode("ascii")
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

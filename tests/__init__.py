@@ -1,0 +1,1 @@
+"""Goophry on Twisted's test suite (a package, so tests import ``tests.helpers``)."""
