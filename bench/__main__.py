@@ -78,6 +78,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"run the plain BLPOP spawner as the daemon ({STANDIN_DAEMON_CMD!r})",
     )
+    p.add_argument("--results", default=report.RESULTS, help="directory for JSON and PNG")
     p.add_argument("--no-save", action="store_true", help="print only; write no results")
     a = p.parse_args(argv)
     q = a.quick
@@ -141,8 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = run(a)
     print(report.render(doc))
     if not a.no_save:
-        path, png = report.write(doc, doc["started"].replace(":", ""))
-        print(f"\nwritten: {path}, {os.path.join(report.RESULTS, 'latest.json')}, {png}")
+        path, png = report.write(doc, doc["started"].replace(":", ""), a.results)
+        print(f"\nwritten: {path}, {os.path.join(a.results, 'latest.json')}, {png}")
     return 0
 
 

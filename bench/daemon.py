@@ -19,7 +19,8 @@ from bench.redisproc import RespClient, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: `twistd -n goophry`, from the venv the harness runs in; no pidfile (it would
-#: land in the repository and clash between runs).
+#: land in the repository and clash between runs). (`python -m twisted` is `twist`,
+#: which has no `-n`: its form would be `python -m twisted goophry -c cfg`.)
 DEFAULT_DAEMON_CMD = "{twistd} -n --pidfile= goophry -c {config}"
 #: The plain BLPOP spawner in the daemon's place (for testing the harness).
 STANDIN_DAEMON_CMD = "{python} -m bench.blpop_spawner -c {config}"

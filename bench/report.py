@@ -12,8 +12,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RATIO_NOISE = 0.03
 
 
-def _target(name: str, value: float, limit: str, ok: bool) -> dict[str, Any]:
-    return {"target": name, "value": value, "limit": limit, "pass": bool(ok)}
+def _target(name: str, value: float, limit: str, ok: bool | None) -> dict[str, Any]:
+    """One row of the targets table; ok None means reported, not judged."""
+    return {"target": name, "value": value, "limit": limit, "pass": ok}
 
 
 def targets(scn: dict[str, Any]) -> list[dict[str, Any]]:
@@ -79,7 +80,7 @@ def targets(scn: dict[str, Any]) -> list[dict[str, Any]]:
                     f"daemon CPU s per 1000 tasks (Workers={w})",
                     v,
                     "report; Go original 0.15-0.26",
-                    v <= 0.26,
+                    None,
                 )
             )
     scale = scn.get("scale")
@@ -194,7 +195,8 @@ def render(doc: dict[str, Any]) -> str:
         parts.append(
             _table(
                 f"latency push -> start (ms) at {lat['rate_per_s']:.0f}/s; ours/BLPOP p50 "
-                f"{lat['ratio_p50_to_blpop']:.2f}, p99 {lat['ratio_p99_to_blpop']:.2f}",
+                f"{lat['ratio_p50_to_blpop']:.2f}, p99 {lat['ratio_p99_to_blpop']:.2f}; "
+                f"ours - floor p50 {lat['ours_over_floor_p50_ms']:.2f} ms",
                 ["who", "p50", "p90", "p99", "max", "n", "lost"],
                 rows,
             )
@@ -244,7 +246,12 @@ def render(doc: dict[str, Any]) -> str:
             )
         )
     rows = [
-        [t["target"], t["value"], t["limit"], "PASS" if t["pass"] else "FAIL"]
+        [
+            t["target"],
+            t["value"],
+            t["limit"],
+            {True: "PASS", False: "FAIL", None: "info"}[t["pass"]],
+        ]
         for t in doc["targets"]
     ]
     parts.append(_table("targets", ["target", "value", "limit", ""], rows))
@@ -254,16 +261,16 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write(doc: dict[str, Any], stamp: str) -> tuple[str, str]:
-    """bench/results/<stamp>.json and latest.json; returns (json path, png path)."""
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{stamp}.json")
+def write(doc: dict[str, Any], stamp: str, results: str = RESULTS) -> tuple[str, str]:
+    """<results>/<stamp>.json, latest.json and latest.png; returns (json path, png path)."""
+    os.makedirs(results, exist_ok=True)
+    path = os.path.join(results, f"{stamp}.json")
     text = json.dumps(doc, indent=1, sort_keys=False)
-    for p in (path, os.path.join(RESULTS, "latest.json")):
+    for p in (path, os.path.join(results, "latest.json")):
         with open(p + ".tmp", "w") as f:
             f.write(text + "\n")
         os.replace(p + ".tmp", p)
-    return path, plot(doc, os.path.join(RESULTS, "latest.png"))
+    return path, plot(doc, os.path.join(results, "latest.png"))
 
 
 def plot(doc: dict[str, Any], path: str) -> str:

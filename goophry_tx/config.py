@@ -116,26 +116,21 @@ class _Reader:
         self.where = where
         self.values: dict[str, Any] = {}
         self.warnings: list[str] = []
-        exact = {k: k for k in known}
         folded = {k.lower(): k for k in known}
         for key, value in obj.items():
-            name = exact.get(key) or folded.get(key.lower())
+            name = folded.get(key.lower())
             if name is None:
-                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                hint = f"; did you mean {near[0]}?" if near else ""
+                near = difflib.get_close_matches(key.lower(), folded, n=1, cutoff=0.6)
+                hint = f"; did you mean {folded[near[0]]}?" if near else ""
                 self.warnings.append(f"{self.source}: {self.where}{key}: unknown setting{hint}")
                 continue
-            # Go's decoder lets the exact spelling win over a folded one.
-            if name in self.values and key != name:
-                continue
+            # As in Go's decoder, every spelling sets the same setting: the last one wins.
             self.values[name] = value
 
     def fail(self, name: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: {self.where}{name}: {problem}")
 
-    def get(
-        self, name: str, check: Callable[[_Reader, str, Any], T], default: T
-    ) -> T:
+    def get(self, name: str, check: Callable[[_Reader, str, Any], T], default: T) -> T:
         if name not in self.values or self.values[name] is None:
             return default
         return check(self, name, self.values[name])

@@ -114,7 +114,12 @@ class Consumer:
         self._moving = True
         if self.atomic:
             command: tuple[Any, ...] = (
-                "BLMOVE", self._queue, self._inflight, "LEFT", "RIGHT", self._block_timeout,
+                "BLMOVE",
+                self._queue,
+                self._inflight,
+                "LEFT",
+                "RIGHT",
+                self._block_timeout,
             )
         else:
             command = ("BLPOP", self._queue, self._block_timeout)
@@ -164,9 +169,31 @@ class Consumer:
         """
         if self._stopping:
             return
-        d = self.put_back_unknown()
-        d.addErrback(lambda f: None)
-        d.addCallback(self._take_next)
+        d = self._control.when_connected()
+        d.addCallback(lambda _: self.put_back_unknown())
+        d.addCallbacks(self._reconciled, self._reconcile_failed)
+
+    def _reconciled(self, back: Any) -> None:
+        if back:
+            self.log.warn(
+                "{count} {type} entries taken as the connection was lost went back to "
+                "the head of {queue}",
+                count=back,
+                type=self.task_type.type,
+                queue=self._queue,
+            )
+        self._take_next()
+
+    def _reconcile_failed(self, failure: Failure) -> None:
+        if failure.check(ConnectionError):
+            self._blocking.when_connected().addCallback(self._reconcile)
+            return
+        self.log.error(
+            "cannot check the {type} in-flight list: {error}",
+            type=self.task_type.type,
+            error=failure.getErrorMessage(),
+        )
+        self._take_next()
 
     def put_back_unknown(self) -> Deferred[Any]:
         """Put every in-flight entry that is neither running nor unwritten back."""

@@ -97,7 +97,9 @@ class RunningScript:
             self.stopped = True
             self._terminate()
 
-    def _exited(self, exit_code: int | None, sig: int | None, output: bytes, truncated: int) -> None:
+    def _exited(
+        self, exit_code: int | None, sig: int | None, output: bytes, truncated: int
+    ) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -8,6 +8,7 @@ the script runner -> outcome -> outcome store, ErrorScript and stats.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 from typing import Any
@@ -26,10 +27,12 @@ from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
-from goophry_tx.redis import RedisHealth, RedisLink
+from goophry_tx.recovery import Abandoned, Heartbeat
+from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.runner import ScriptRunner
 from goophry_tx.spawn import PosixSpawner
 from goophry_tx.stats import Stats, StatsResource
+from goophry_tx.task import Task, parse_entry
 from goophry_tx.tls import server_tls_options
 
 
@@ -88,9 +91,7 @@ class GoophryService(MultiService):
 
         self.control = link("control")
         self.spawner = PosixSpawner(reactor)
-        self.runner = ScriptRunner(
-            self.spawner, reactor, config.output_limit, config.kill_grace
-        )
+        self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
         self.store = OutcomeStore(
             self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
         )
@@ -117,6 +118,16 @@ class GoophryService(MultiService):
             )
             for task_type in config.tasks
         ]
+        self.heartbeat = Heartbeat(
+            self.control,
+            self.keys,
+            self.instance,
+            [t.type for t in config.tasks],
+            reactor,
+            config.instance_timeout,
+            config.max_recoveries,
+            self._abandoned,
+        )
         if config.stats_interface:
             self._stats_service().setServiceParent(self)
         self._started: Deferred[None] | None = None
@@ -156,8 +167,7 @@ class GoophryService(MultiService):
         super().startService()
         config = self.config
         self.log.info(
-            "Goophry {version} instance {instance}: {types} from Redis {address}, "
-            "key {key}",
+            "Goophry {version} instance {instance}: {types} from Redis {address}, key {key}",
             version=__version__,
             instance=self.instance,
             types=", ".join(f"{t.type} ({t.workers} workers)" for t in config.tasks),
@@ -167,18 +177,45 @@ class GoophryService(MultiService):
         for warning in config.warnings:
             self.log.warn("{warning}", warning=warning)
         self._started = Deferred()
+        self._stopping = False
         self._begin()
+        self._reactor.callWhenRunning(self._watch_signals)
+
+    def _watch_signals(self) -> None:
+        """
+        A second SIGTERM or SIGINT while stopping stops the running scripts
+        at once; their entries go back to their queues.
+        """
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(number)
+            if not callable(previous):
+                continue
+
+            def handler(num: int, frame: Any, previous: Any = previous) -> None:
+                if self._stopping:
+                    self._reactor.callFromThread(self._stop_scripts, "a second signal")
+                else:
+                    previous(num, frame)
+
+            signal.signal(number, handler)
+
+    def _stop_scripts(self, why: str) -> None:
+        self.log.info("{why}: stopping the running scripts now", why=why)
+        for consumer in self.consumers:
+            consumer.stop_scripts()
 
     def _begin(self) -> None:
-        """Once Redis answers, learn its version, then start consuming."""
+        """
+        Once Redis answers: learn its version, recover what a killed daemon
+        on this host left in flight, start the heartbeat, then consume.
+        """
         d = self.control.when_connected()
         d.addCallback(lambda _: self.control.execute("INFO", "server"))
+        d.addCallback(self._check_version)
+        d.addCallback(lambda _: self.heartbeat.start())
         d.addCallbacks(self._start_consumers, self._start_failed)
 
-    def _start_consumers(self, info: bytes) -> None:
-        if not self.running:
-            return
-        assert self._started is not None
+    def _check_version(self, info: bytes) -> None:
         version = parse_redis_version(info)
         if version and version < (6, 2):
             self.log.warn(
@@ -188,14 +225,43 @@ class GoophryService(MultiService):
             )
             for consumer in self.consumers:
                 consumer.atomic = False
+
+    def _abandoned(self, abandoned: Abandoned) -> None:
+        """An entry recovered MaxRecoveries times: store it as failed."""
+        entry = parse_entry(abandoned.type, abandoned.payload)
+        error = (
+            f"abandoned after {abandoned.recoveries} recoveries: the daemon running it "
+            f"died each time (last {abandoned.dead_instance})"
+        )
+        self.log.error(
+            "{type} entry {payload!r} {error}",
+            type=abandoned.type,
+            payload=abandoned.payload,
+            error=error,
+        )
+        counters = self.stats.types.get(abandoned.type)
+        if counters is not None:
+            counters.failed += 1
+        self.store.failed(entry, error)
+        script = next((t.script for t in self.config.tasks if t.type == abandoned.type), "")
+        args = entry.args if isinstance(entry, Task) else ()
+        self.notifier.notify(script or abandoned.type, args, error)
+
+    def _start_consumers(self, _: object) -> None:
+        if not self.running:
+            return
+        assert self._started is not None
         for consumer in self.consumers:
             consumer.start()
         self._started.callback(None)
 
     def _start_failed(self, failure: Any) -> None:
-        if self.running:
-            # Lost again before INFO answered: the link comes back by itself.
-            self._reactor.callLater(0.5, self._begin)
+        if not self.running:
+            return
+        if not failure.check(ConnectionError):
+            self.log.failure("cannot start consuming; trying again", failure)
+        # The link comes back by itself; start again when it has.
+        self._reactor.callLater(0.5, self._begin)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """
@@ -206,38 +272,40 @@ class GoophryService(MultiService):
             "stopping: no more entries taken; waiting for {running} running scripts",
             running=sum(c.running for c in self.consumers),
         )
+        self._stopping = True
         stopped = DeferredList([c.stop() for c in self.consumers])
         timer = None
         if self.config.shutdown_timeout > 0:
-
-            def stop_scripts() -> None:
-                self.log.info(
-                    "ShutdownTimeout ({seconds}s) is over: stopping the running scripts",
-                    seconds=self.config.shutdown_timeout,
-                )
-                for consumer in self.consumers:
-                    consumer.stop_scripts()
-
-            timer = self._reactor.callLater(self.config.shutdown_timeout, stop_scripts)
+            timer = self._reactor.callLater(
+                self.config.shutdown_timeout,
+                self._stop_scripts,
+                f"ShutdownTimeout ({self.config.shutdown_timeout:g}s) is over",
+            )
 
         def finish(_: object) -> Deferred[int]:
             if timer is not None and timer.active():
                 timer.cancel()
             return self.store.flush(timeout=10.0)
 
-        def flushed(unwritten: int) -> Deferred[None]:
+        def flushed(unwritten: int) -> Deferred[Any]:
             if unwritten:
                 self.log.warn(
                     "{count} outcomes could not be written to Redis; their entries stay in "
                     "the in-flight lists and will run again",
                     count=unwritten,
                 )
+                self.heartbeat.pause()
+                return succeed(None)
+            return self.heartbeat.stop()
+
+        def disconnect(_: object) -> Deferred[None]:
             d = MultiService.stopService(self)
             d.addBoth(lambda r: (self.spawner.close(), r)[1])
             return d
 
         stopped.addCallback(finish)
         stopped.addCallback(flushed)
+        stopped.addCallback(disconnect)
         return stopped
 
     def when_started(self) -> Deferred[None]:

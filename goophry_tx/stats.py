@@ -72,9 +72,7 @@ class Stats:
                 lines.append(f"{name} {value}")
                 return
             for task_type, counters in self.types.items():
-                label = (
-                    task_type.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-                )
+                label = task_type.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
                 lines.append(f'{name}{{type="{label}"}} {getattr(counters, field)}')
 
         metric("goophry_tasks_started_total", "counter", "Tasks started.", "started")
@@ -89,7 +87,10 @@ class Stats:
             "goophry_task_duration_seconds_total", "counter", "Time spent running tasks.", "seconds"
         )
         metric(
-            "goophry_redis_connected", "gauge", "1 when Redis is reachable.", None,
+            "goophry_redis_connected",
+            "gauge",
+            "1 when Redis is reachable.",
+            None,
             1 if self.redis_connected() else 0,
         )
         metric("goophry_uptime_seconds", "gauge", "Seconds since start.", None, self.runtime())

@@ -12,9 +12,7 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 
 from goophry_tx.config import ConfigError
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def server_tls_options(cert_file: str, key_file: str, source: str) -> CertificateOptions:

@@ -1,0 +1,321 @@
+"""
+Instances, heartbeats, and the recovery of a dead instance's entries.
+
+Each daemon instance registers itself in C{<K>:instances} and keeps the
+key C{<K>:instance:<name>} alive with a heartbeat.  Every beat also finds
+the instances whose key has lapsed; their in-flight entries go back to the
+head of their queues, in one Lua script per dead instance, so several
+instances recovering at once neither duplicate nor drop an entry.  An entry
+recovered C{MaxRecoveries} times (its runs keep killing daemons) is not put
+back: it moves to the recovering instance's in-flight list, to be stored as
+failed with a message that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from goophry_tx.keys import Keys
+from goophry_tx.redis import RedisLink
+
+# KEYS: none (names are built from the prefix).  ARGV: prefix, own name,
+# heartbeat milliseconds, own record.  Beats, registers, and returns the
+# names of the registered instances whose heartbeat has lapsed.
+BEAT_SCRIPT = """
+local prefix, me = ARGV[1], ARGV[2]
+redis.call('SET', prefix .. ':instance:' .. me, '1', 'PX', ARGV[3])
+redis.call('HSET', prefix .. ':instances', me, ARGV[4])
+local dead = {}
+for _, name in ipairs(redis.call('HKEYS', prefix .. ':instances')) do
+  if redis.call('EXISTS', prefix .. ':instance:' .. name) == 0 then
+    dead[#dead + 1] = name
+  end
+end
+return dead
+"""
+
+# ARGV: prefix, dead instance, own name, MaxRecoveries, seconds to keep a
+# recovery count, force (1: the instance is known to be gone).  Puts the dead
+# instance's in-flight entries back at the head of their queues, in their
+# order.  Returns nothing when there was nothing to recover, else how many
+# went back, then the abandoned ones as a flat list: type, entry, count.
+RECOVER_SCRIPT = """
+local prefix, dead, me = ARGV[1], ARGV[2], ARGV[3]
+local limit, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[6] ~= '1' and redis.call('EXISTS', prefix .. ':instance:' .. dead) == 1 then
+  return {}
+end
+local record = redis.call('HGET', prefix .. ':instances', dead)
+if not record then return {} end
+local ok, decoded = pcall(cjson.decode, record)
+local types = (ok and type(decoded) == 'table' and decoded['types']) or {}
+local result = {'0'}
+local requeued = 0
+for _, t in ipairs(types) do
+  local inflight = prefix .. ':' .. t .. ':inflight:' .. dead
+  local items = redis.call('LRANGE', inflight, 0, -1)
+  for i = #items, 1, -1 do
+    local item = items[i]
+    local counter = prefix .. ':recovered:' .. redis.sha1hex(item)
+    local count = redis.call('INCR', counter)
+    redis.call('EXPIRE', counter, keep)
+    if count >= limit then
+      redis.call('RPUSH', prefix .. ':' .. t .. ':inflight:' .. me, item)
+      result[#result + 1] = t
+      result[#result + 1] = item
+      result[#result + 1] = tostring(count)
+    else
+      redis.call('LPUSH', prefix .. ':' .. t, item)
+      requeued = requeued + 1
+    end
+  end
+  redis.call('DEL', inflight)
+end
+redis.call('DEL', prefix .. ':instance:' .. dead)
+redis.call('HDEL', prefix .. ':instances', dead)
+result[1] = tostring(requeued)
+return result
+"""
+
+# ARGV: prefix, own name, then the types.  Unregisters, unless an entry is
+# still in one of our in-flight lists: then the heartbeat is left to lapse,
+# so that another instance recovers it.
+LEAVE_SCRIPT = """
+local prefix, me = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  if redis.call('LLEN', prefix .. ':' .. ARGV[i] .. ':inflight:' .. me) > 0 then
+    return 0
+  end
+end
+redis.call('DEL', prefix .. ':instance:' .. me)
+redis.call('HDEL', prefix .. ':instances', me)
+return 1
+"""
+
+# A day: long enough to count the recoveries of an entry that keeps failing.
+RECOVERY_COUNT_SECONDS = 86400
+
+
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name, or none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return []
+    # The command name may hold spaces: count fields after its ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process, to tell a reused pid apart."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def process_alive(pid: int, start_time: str | None) -> bool:
+    """Whether the process that registered with this pid still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    fields = _proc_stat(pid)
+    if not fields:
+        return os.path.exists(f"/proc/{pid}") or not os.path.isdir("/proc/self")
+    if fields[0] in (b"Z", b"X"):
+        # Killed, not yet reaped by its parent.
+        return False
+    return start_time is None or fields[19].decode() == start_time
+
+
+@attrs.frozen
+class Abandoned:
+    """An entry recovered too often, now in our in-flight list."""
+
+    type: str
+    payload: bytes
+    recoveries: int
+    dead_instance: str
+
+
+class Heartbeat:
+    """
+    Keeps this instance registered and alive in Redis, and recovers the
+    entries of instances that are not.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        link: RedisLink,
+        keys: Keys,
+        instance: str,
+        types: list[str],
+        clock: IReactorTime,
+        instance_timeout: float,
+        max_recoveries: int,
+        on_abandoned: Callable[[Abandoned], None],
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self._link = link
+        self._keys = keys
+        self.instance = instance
+        self._clock = clock
+        self._types = types
+        # Lapses after 0.6 of InstanceTimeout and is renewed every 0.2, so a
+        # dead instance is found within 0.8 of it.
+        self._ttl_ms = max(300, int(instance_timeout * 600))
+        self.interval = instance_timeout / 5
+        self._max_recoveries = max_recoveries
+        self._on_abandoned = on_abandoned
+        self.host = host or socket.gethostname()
+        self.pid = pid if pid is not None else os.getpid()
+        self._record = json.dumps(
+            {
+                "host": self.host,
+                "pid": self.pid,
+                "start": process_start_time(self.pid),
+                "types": types,
+            },
+            separators=(",", ":"),
+        )
+        self._timer: IDelayedCall | None = None
+        self._running = False
+
+    def start(self) -> Deferred[None]:
+        """Register, recover what died on this host, and start beating."""
+        self._running = True
+        d = self.recover_local()
+        d.addCallback(lambda _: self._beat())
+        return d
+
+    def stop(self) -> Deferred[Any]:
+        """
+        Stop beating and unregister, unless entries of ours are still in
+        flight: then the heartbeat lapses and another instance recovers them.
+        """
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        d = self._link.execute(
+            "EVAL", LEAVE_SCRIPT, 0, self._keys.prefix, self.instance, *self._types
+        )
+
+        def left(unregistered: int) -> None:
+            if not unregistered:
+                self.log.warn(
+                    "entries of this instance are still in flight; they will be recovered "
+                    "when its heartbeat lapses"
+                )
+
+        return d.addCallbacks(left, lambda f: None)
+
+    def _schedule(self) -> None:
+        if self._running:
+            self._timer = self._clock.callLater(self.interval, self._beat)
+
+    def _beat(self) -> None:
+        self._timer = None
+        if not self._running:
+            return
+        d = self._link.execute(
+            "EVAL",
+            BEAT_SCRIPT,
+            0,
+            self._keys.prefix,
+            self.instance,
+            self._ttl_ms,
+            self._record,
+        )
+        d.addCallback(self._recover_all, False)
+        d.addErrback(self._beat_failed)
+        d.addBoth(lambda _: self._schedule())
+
+    def _beat_failed(self, failure: Failure) -> None:
+        # Redis being away is logged once by the links; anything else here.
+        from goophry_tx.redis import ConnectionError
+
+        if not failure.check(ConnectionError):
+            self.log.error("heartbeat failed: {error}", error=failure.getErrorMessage())
+
+    def recover_local(self) -> Deferred[Any]:
+        """
+        Recover, at once, the instances registered from this host whose
+        process is gone (a daemon killed and started again).
+        """
+
+        def gone(records: list[bytes]) -> list[bytes]:
+            names = []
+            for name, raw in zip(records[::2], records[1::2], strict=False):
+                try:
+                    record = json.loads(raw)
+                    host, pid, start = record["host"], int(record["pid"]), record.get("start")
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if name.decode() == self.instance or host != self.host:
+                    continue
+                if pid == self.pid or not process_alive(pid, start):
+                    names.append(name)
+            return names
+
+        d = self._link.execute("HGETALL", self._keys.instances)
+        d.addCallback(gone)
+        d.addCallback(self._recover_all, True)
+        return d
+
+    def _recover_all(self, names: list[bytes], force: bool) -> Deferred[None]:
+        d: Deferred[Any] = succeed(None)
+        for name in names:
+            d.addCallback(lambda _, n=name: self._recover(n.decode("utf-8", "replace"), force))
+        return d
+
+    def _recover(self, dead: str, force: bool) -> Deferred[None]:
+        d = self._link.execute(
+            "EVAL",
+            RECOVER_SCRIPT,
+            0,
+            self._keys.prefix,
+            dead,
+            self.instance,
+            self._max_recoveries,
+            RECOVERY_COUNT_SECONDS,
+            1 if force else 0,
+        )
+
+        def recovered(reply: list[bytes]) -> None:
+            if not reply:
+                return
+            requeued, flat = int(reply[0]), reply[1:]
+            self.log.warn(
+                "instance {dead} is gone: {requeued} of its in-flight entries went back to "
+                "the head of their queues, {abandoned} abandoned",
+                dead=dead,
+                requeued=requeued,
+                abandoned=len(flat) // 3,
+            )
+            for i in range(0, len(flat), 3):
+                self._on_abandoned(
+                    Abandoned(
+                        type=flat[i].decode("utf-8", "replace"),
+                        payload=flat[i + 1],
+                        recoveries=int(flat[i + 2]),
+                        dead_instance=dead,
+                    )
+                )
+
+        return d.addCallback(recovered)

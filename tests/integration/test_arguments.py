@@ -1,0 +1,81 @@
+"""Arguments reach the script verbatim: no shell ever sees them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DaemonProcess, wait_for
+from tests.integration.conftest import Goophry
+
+pytestmark = pytest.mark.integration
+
+TRICKY = [
+    "two words",
+    "  leading and trailing  ",
+    "'single'",
+    '"double"',
+    "semi;colon; echo pwned",
+    "$(id)",
+    "`id`",
+    "*",
+    "/*",
+    "$HOME",
+    "a\\b",
+    "new\nline",
+    "tab\there",
+    "héllo ✓",
+    "",
+    "-n",
+    "--",
+    "|",
+    "&& true",
+    "> redirected",
+]
+
+
+def _argv_recorder(goophry: Goophry, out: Path) -> Path:
+    """A script that writes its arguments, NUL-separated, to ``out``."""
+    # (A bare printf '%s\0' "$@" would print one empty argument for none.)
+    return goophry.script(
+        "record.sh",
+        f'for a in "$@"; do printf \'%s\\0\' "$a"; done > {out}.tmp\nmv {out}.tmp {out}',
+    )
+
+
+def _read_argv(out: Path) -> list[str]:
+    data = out.read_bytes()
+    assert data == b"" or data.endswith(b"\0")
+    return [part.decode("utf-8") for part in data.split(b"\0")[:-1]]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(TRICKY, id="tricky"),
+        pytest.param([f"arg {i} ;$(x)" for i in range(50)], id="fifty"),
+        pytest.param([""], id="one-empty"),
+        pytest.param([], id="none"),
+    ],
+)
+def test_arguments_reach_the_script_verbatim(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    args: list[str],
+) -> None:
+    out = tmp_path / "argv"
+    script = _argv_recorder(goophry, out)
+    cfg = write_config(Tasks=[{"Type": "rec", "Script": str(script)}], FailedTasksTTL=60)
+    daemon = goophry.started(run_daemon(cfg))
+    goophry.push("rec", json.dumps({"Args": args}, ensure_ascii=False))
+
+    wait_for(out.exists, message=lambda: f"{out} written:\n{daemon.log_text()}")
+    assert _read_argv(out) == args
+    # Nothing was run by a shell: no file named after a redirection appeared.
+    assert not (daemon.cwd / "redirected").exists()
+    assert goophry.llen(goophry.failed_key("rec")) == 0

@@ -1,0 +1,282 @@
+"""In-memory stand-ins for a process reactor and a Redis link.
+
+Modelled on treq's ``local_httpbin`` test helpers: every spawn is recorded
+as a L{SpawnedProcess} that the test drives by hand (feed output, end it),
+and every Redis command waits until the test answers it.  Nothing here
+touches real time, real processes or a real Redis.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from goophry_tx.redis import Command, ConnectionError
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------
+# Inspecting Deferreds synchronously, as SynchronousTestCase does
+
+
+def success_result_of(d: Deferred[T]) -> T:
+    """The result C{d} already has; fails the test if it has none or failed."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has no result yet"
+    result = results[0]
+    if isinstance(result, Failure):
+        d.addErrback(lambda _: None)
+        raise AssertionError(f"{d!r} failed: {result.getTraceback()}")
+    d.addCallback(lambda _: result)
+    return result  # type: ignore[no-any-return]
+
+
+def failure_result_of(d: Deferred[Any], *types: type[BaseException]) -> Failure:
+    """The failure C{d} already has, of one of C{types} when given."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has no result yet"
+    result = results[0]
+    assert isinstance(result, Failure), f"{d!r} succeeded with {result!r}"
+    if types:
+        assert result.check(*types), f"{d!r} failed with {result!r}, not one of {types}"
+    return result
+
+
+def assert_no_result(d: Deferred[Any]) -> None:
+    """C{d} has not fired yet."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert not results, f"{d!r} already has a result: {results[0]!r}"
+
+
+# --------------------------------------------------------------------------
+# Processes
+
+
+@implementer(IProcessTransport)
+@attrs.define(eq=False)
+class FakeProcessTransport:
+    """A child's transport that records what was done to it."""
+
+    pid: int | None
+    signals: list[str | int] = attrs.Factory(list)
+    lose_connection_calls: int = 0
+    stdin_closed: bool = False
+    closed_fds: list[int] = attrs.Factory(list)
+    written: list[tuple[int, bytes]] = attrs.Factory(list)
+
+    def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
+        self.signals.append(signalID)
+
+    def closeStdin(self) -> None:  # noqa: N802
+        self.stdin_closed = True
+
+    def closeStdout(self) -> None:  # noqa: N802
+        self.closed_fds.append(1)
+
+    def closeStderr(self) -> None:  # noqa: N802
+        self.closed_fds.append(2)
+
+    def closeChildFD(self, descriptor: int) -> None:  # noqa: N802
+        self.closed_fds.append(descriptor)
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+        self.written.append((childFD, data))
+
+    def write(self, data: bytes) -> None:
+        self.written.append((0, data))
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:  # noqa: N802
+        for chunk in data:
+            self.write(chunk)
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self.lose_connection_calls += 1
+
+    def getPeer(self) -> Any:  # noqa: N802
+        return ("process", self.pid)
+
+    def getHost(self) -> Any:  # noqa: N802
+        return ("process", 1)
+
+
+@attrs.define(eq=False)
+class SpawnedProcess:
+    """One C{spawnProcess} call, and the means to play the child's part."""
+
+    executable: bytes | str
+    args: list[bytes | str]
+    env: Mapping[Any, Any] | None
+    protocol: IProcessProtocol
+    transport: FakeProcessTransport
+
+    def output(self, data: bytes, fd: int = 1) -> None:
+        """The child writes C{data} to C{fd} (1: stdout, 2: stderr)."""
+        self.protocol.childDataReceived(fd, data)
+
+    def exit(self, exit_code: int | None = 0, signal: int | None = None) -> None:
+        """The child exits (processExited) but something still holds its pipes."""
+        self.protocol.processExited(Failure(_reason(exit_code, signal)))
+
+    def end(self, exit_code: int | None = 0, signal: int | None = None) -> None:
+        """The child exits and its pipes close: processExited, then processEnded."""
+        reason = _reason(exit_code, signal)
+        self.protocol.processExited(Failure(reason))
+        self.protocol.processEnded(Failure(reason))
+
+
+def _reason(exit_code: int | None, signal: int | None) -> Exception:
+    if signal is None and exit_code == 0:
+        return ProcessDone(0)
+    return ProcessTerminated(exitCode=exit_code, signal=signal)
+
+
+@implementer(IReactorProcess)
+class MemoryProcessReactor:
+    """
+    Records every spawn; starts nothing.  Set C{spawn_error} to make the
+    next spawn raise, as C{posix_spawn} does for a missing script.
+    """
+
+    def __init__(self) -> None:
+        self.spawned: list[SpawnedProcess] = []
+        self.spawn_error: BaseException | None = None
+        self._next_pid = 1000
+
+    def spawnProcess(  # noqa: N802
+        self,
+        processProtocol: IProcessProtocol,  # noqa: N803
+        executable: bytes | str,
+        args: Sequence[bytes | str] = (),
+        env: Mapping[Any, Any] | None = None,
+        path: bytes | str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,  # noqa: N803
+        childFDs: Mapping[int, object] | None = None,  # noqa: N803
+    ) -> FakeProcessTransport:
+        error, self.spawn_error = self.spawn_error, None
+        if error is not None:
+            raise error
+        self._next_pid += 1
+        transport = FakeProcessTransport(pid=self._next_pid)
+        self.spawned.append(SpawnedProcess(executable, list(args), env, processProtocol, transport))
+        processProtocol.makeConnection(transport)
+        return transport
+
+    @property
+    def last(self) -> SpawnedProcess:
+        """The most recent spawn."""
+        assert self.spawned, "nothing was spawned"
+        return self.spawned[-1]
+
+
+def enoent(path: str) -> OSError:
+    """The error posix_spawn raises for a script that does not exist."""
+    return FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+
+# --------------------------------------------------------------------------
+# Redis
+
+
+@attrs.define(eq=False)
+class SentCommand:
+    """
+    A command waiting for the test's answer.  A MULTI/EXEC transaction is
+    recorded as C{("MULTI", command, command, ...)}.
+    """
+
+    command: tuple[Any, ...]
+    deferred: Deferred[Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.command[0])
+
+    def answer(self, reply: Any = None) -> None:
+        self.deferred.callback(reply)
+
+    def refuse(self, error: BaseException) -> None:
+        self.deferred.errback(Failure(error))
+
+
+class FakeRedisLink:
+    """
+    The part of L{goophry_tx.redis.RedisLink} that consumers and the
+    outcome store use.  Every command is kept (in C{sent}, and in
+    C{pending} until answered); C{lose_connection} fails the pending ones
+    with L{ConnectionError}, as a dropped connection does.
+    """
+
+    def __init__(self, client_id: bytes = b"7", connected: bool = True) -> None:
+        self.client_id: bytes | None = client_id if connected else None
+        self._next_client_id = client_id
+        self.connected = connected
+        self.sent: list[tuple[Any, ...]] = []
+        self.pending: list[SentCommand] = []
+        self._waiting: list[Deferred[None]] = []
+
+    def _send(self, command: tuple[Any, ...]) -> Deferred[Any]:
+        self.sent.append(command)
+        if not self.connected:
+            return fail(ConnectionError("not connected to Redis (fake)"))
+        sent = SentCommand(command, Deferred())
+        self.pending.append(sent)
+        sent.deferred.addBoth(self._settled, sent)
+        return sent.deferred
+
+    def _settled(self, result: Any, sent: SentCommand) -> Any:
+        if sent in self.pending:
+            self.pending.remove(sent)
+        return result
+
+    def execute(self, *command: Any) -> Deferred[Any]:
+        return self._send(tuple(command))
+
+    def transaction(self, commands: Sequence[Command]) -> Deferred[list[Any]]:
+        return self._send(("MULTI", *(tuple(c) for c in commands)))
+
+    def when_connected(self) -> Deferred[None]:
+        if self.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        return d
+
+    # Driving it from the test
+
+    def names(self) -> list[str]:
+        """The names of the pending commands, oldest first."""
+        return [p.name for p in self.pending]
+
+    def take(self, name: str) -> SentCommand:
+        """The oldest pending command called C{name}; fails if there is none."""
+        for sent in self.pending:
+            if sent.name == name:
+                return sent
+        raise AssertionError(f"no pending {name}; pending: {[p.command for p in self.pending]}")
+
+    def lose_connection(self) -> None:
+        self.connected = False
+        self.client_id = None
+        pending, self.pending = self.pending, []
+        for sent in pending:
+            sent.deferred.errback(Failure(ConnectionError("Lost connection (fake)")))
+
+    def reconnect(self) -> None:
+        self.connected = True
+        self.client_id = self._next_client_id
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
