@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     observer = ReopeningFileObserver(args.l or config.logfile)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    install_reopen_signal(observer, reactor.callFromThread)
+    install_reopen_signal(observer, reactor.callFromThread)  # type: ignore[attr-defined]
     try:
         service = build_service(config, reactor, verbose=args.v)
         service.privilegedStartService()

@@ -160,8 +160,8 @@ def _integer(reader: _Reader, name: str, value: Any) -> int:
     if isinstance(value, float):
         if not value.is_integer():
             raise reader.fail(name, f"expected an integer, got {_describe(value)}")
-        value = int(value)
-    return value
+        return int(value)
+    return int(value)
 
 
 def _nonnegative_integer(reader: _Reader, name: str, value: Any) -> int:

@@ -150,9 +150,12 @@ class OutcomeStore:
             return succeed(0)
         waiting = DeferredList(list(self._pending), consumeErrors=True)
         result: Deferred[int] = Deferred()
-        timer = self._clock.callLater(
-            timeout, lambda: result.called or result.callback(self.pending)
-        )
+
+        def expire() -> None:
+            if not result.called:
+                result.callback(self.pending)
+
+        timer = self._clock.callLater(timeout, expire)
 
         def done(_: object) -> None:
             if timer.active():

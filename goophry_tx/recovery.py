@@ -225,6 +225,13 @@ class Heartbeat:
 
         return d.addCallbacks(left, lambda f: None)
 
+    def pause(self) -> None:
+        """Stop beating but stay registered: entries of ours are still in flight."""
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     def _schedule(self) -> None:
         if self._running:
             self._timer = self._clock.callLater(self.interval, self._beat)
@@ -281,8 +288,11 @@ class Heartbeat:
     def _recover_all(self, names: list[bytes], force: bool) -> Deferred[None]:
         d: Deferred[Any] = succeed(None)
         for name in names:
-            d.addCallback(lambda _, n=name: self._recover(n.decode("utf-8", "replace"), force))
+            d.addCallback(self._recover_one, name.decode("utf-8", "replace"), force)
         return d
+
+    def _recover_one(self, _: object, dead: str, force: bool) -> Deferred[None]:
+        return self._recover(dead, force)
 
     def _recover(self, dead: str, force: bool) -> Deferred[None]:
         d = self._link.execute(

@@ -19,7 +19,12 @@ import txredisapi
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -103,7 +108,7 @@ class _ReportingEndpoint:
         self._endpoint = endpoint
         self._report = report
 
-    def connect(self, factory: Factory) -> Deferred[IProtocol]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         d: Deferred[IProtocol] = self._endpoint.connect(factory)
 
         def failed(failure: Failure) -> Failure:
@@ -148,7 +153,7 @@ class RedisLink(Service):
         self._clock = clock
         self._endpoint = _ReportingEndpoint(endpoint, self._attempt_failed)
         self._health = health
-        self.name = name
+        self.link_name = name
         self._password = password
         self._username = username
         self._db = db
@@ -194,7 +199,7 @@ class RedisLink(Service):
         """Send one command; blocking commands never time out on our side."""
         protocol = self._protocol
         if protocol is None:
-            return fail(ConnectionError(f"not connected to Redis ({self.name})"))
+            return fail(ConnectionError(f"not connected to Redis ({self.link_name})"))
         try:
             d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
         except Exception:
@@ -208,7 +213,7 @@ class RedisLink(Service):
         """
         protocol = self._protocol
         if protocol is None:
-            return fail(ConnectionError(f"not connected to Redis ({self.name})"))
+            return fail(ConnectionError(f"not connected to Redis ({self.link_name})"))
         protocol.pipelining = True
         try:
             queued_replies = [protocol.execute_command("MULTI", apply_timeout=False)]
@@ -236,13 +241,14 @@ class RedisLink(Service):
         return result.addCallback(check)
 
     def _prepare(self, proxy: IProtocol) -> Deferred[None]:
-        protocol: _Protocol = getattr(proxy, "_protocol", proxy)
+        protocol: _Protocol = getattr(proxy, "_protocol", proxy)  # type: ignore[arg-type]
         transport = protocol.transport
         if transport is not None and hasattr(transport, "setTcpKeepAlive"):
             transport.setTcpKeepAlive(1)
 
         def run(*command: str | bytes | int) -> Deferred[Any]:
-            return protocol.execute_command(*command, apply_timeout=False)
+            d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
+            return d
 
         d: Deferred[Any] = succeed(None)
         if self._password is not None:
@@ -259,7 +265,7 @@ class RedisLink(Service):
         def ready(client_id: bytes) -> None:
             self.client_id = client_id
             self._protocol = protocol
-            self._health.up(self.name)
+            self._health.up(self.link_name)
             waiting, self._waiting = self._waiting, []
             for w in waiting:
                 w.callback(None)
@@ -267,7 +273,7 @@ class RedisLink(Service):
         def refused(failure: Failure) -> Failure:
             # A wrong password or database: drop this connection and let
             # the service try again later, as for any other failure.
-            self._health.down(self.name, failure.getErrorMessage())
+            self._health.down(self.link_name, failure.getErrorMessage())
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
             return failure
@@ -275,11 +281,11 @@ class RedisLink(Service):
         return d.addCallbacks(ready, refused)
 
     def _attempt_failed(self, failure: Failure) -> None:
-        self._health.down(self.name, failure.getErrorMessage())
+        self._health.down(self.link_name, failure.getErrorMessage())
 
     def _lost(self, protocol: _Protocol, why: Failure) -> None:
         if self._protocol is protocol:
             self._protocol = None
             self.client_id = None
             if self.running:
-                self._health.down(self.name, f"connection lost: {why.getErrorMessage()}")
+                self._health.down(self.link_name, f"connection lost: {why.getErrorMessage()}")

@@ -210,8 +210,8 @@ class GoophryService(MultiService):
         on this host left in flight, start the heartbeat, then consume.
         """
         d = self.control.when_connected()
-        d.addCallback(lambda _: self.control.execute("INFO", "server"))
-        d.addCallback(self._check_version)
+        info: Deferred[bytes] = d.addCallback(lambda _: self.control.execute("INFO", "server"))
+        info.addCallback(self._check_version)
         d.addCallback(lambda _: self.heartbeat.start())
         d.addCallbacks(self._start_consumers, self._start_failed)
 
@@ -299,14 +299,18 @@ class GoophryService(MultiService):
             return self.heartbeat.stop()
 
         def disconnect(_: object) -> Deferred[None]:
-            d = MultiService.stopService(self)
-            d.addBoth(lambda r: (self.spawner.close(), r)[1])
+            d: Deferred[None] = MultiService.stopService(self)
+            d.addBoth(self._close_spawner)
             return d
 
-        stopped.addCallback(finish)
-        stopped.addCallback(flushed)
-        stopped.addCallback(disconnect)
-        return stopped
+        done: Deferred[Any] = stopped.addCallback(finish)
+        done.addCallback(flushed)
+        done.addCallback(disconnect)
+        return done
+
+    def _close_spawner(self, result: object) -> object:
+        self.spawner.close()
+        return result
 
     def when_started(self) -> Deferred[None]:
         """Fires when the consumers have started (for tests)."""
@@ -320,5 +324,5 @@ def build_service(
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     return GoophryService(config, reactor, verbose=verbose)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, AnyStr
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
@@ -206,7 +206,7 @@ class SpawnedProcess:
     def write(self, data: bytes) -> None:
         raise OSError(errno.EBADF, "the child's stdin is /dev/null")
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:  # noqa: N802
+    def writeSequence(self, data: Iterable[bytes]) -> None:  # noqa: N802
         raise OSError(errno.EBADF, "the child's stdin is /dev/null")
 
     def getPeer(self) -> Any:  # noqa: N802
@@ -236,13 +236,13 @@ class PosixSpawner:
         self,
         processProtocol: IProcessProtocol,  # noqa: N803
         executable: bytes | str,
-        args: Sequence[bytes | str] = (),
-        env: Mapping[bytes | str, bytes | str] | None = None,
+        args: Sequence[bytes | str],
+        env: Mapping[AnyStr, AnyStr] | None = None,
         path: bytes | str | None = None,
         uid: int | None = None,
         gid: int | None = None,
         usePTY: bool = False,  # noqa: N803
-        childFDs: Mapping[int, object] | None = None,  # noqa: N803
+        childFDs: Mapping[int, int | str] | None = None,  # noqa: N803
     ) -> SpawnedProcess:
         if path is not None or uid is not None or gid is not None or usePTY or childFDs:
             raise ValueError("PosixSpawner takes no path, uid, gid, usePTY or childFDs")

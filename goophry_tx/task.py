@@ -84,8 +84,13 @@ class Outcome:
 
     @property
     def succeeded(self) -> bool:
-        """Only a silent exit with status 0 is a success."""
-        return self.exit_code == 0 and not self.output and not self.truncated
+        """Only a silent exit with status 0, in time, is a success."""
+        return (
+            self.exit_code == 0
+            and not self.output
+            and not self.truncated
+            and self.timed_out is None
+        )
 
     def error_message(self) -> str:
         """The ErrorMessage the original would store for this run."""
@@ -96,7 +101,7 @@ class Outcome:
             output += f"\n... [truncated {self.truncated} bytes]"
         if self.signal is not None:
             status = f"signal: {signal_name(self.signal)}"
-        elif self.exit_code:
+        elif self.exit_code or self.timed_out is not None:
             status = f"exit status {self.exit_code}"
         else:
             return output

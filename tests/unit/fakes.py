@@ -27,26 +27,35 @@ T = TypeVar("T")
 # Inspecting Deferreds synchronously, as SynchronousTestCase does
 
 
+def _result_now(d: Deferred[Any]) -> list[Any]:
+    """What C{d} holds now (empty if it has not fired), leaving it in place."""
+    results: list[Any] = []
+
+    def peek(result: Any) -> Any:
+        results.append(result)
+        return result
+
+    d.addBoth(peek)
+    return results
+
+
 def success_result_of(d: Deferred[T]) -> T:
     """The result C{d} already has; fails the test if it has none or failed."""
-    results: list[Any] = []
-    d.addBoth(results.append)
+    results = _result_now(d)
     assert results, f"{d!r} has no result yet"
     result = results[0]
     if isinstance(result, Failure):
-        d.addErrback(lambda _: None)
         raise AssertionError(f"{d!r} failed: {result.getTraceback()}")
-    d.addCallback(lambda _: result)
     return result  # type: ignore[no-any-return]
 
 
 def failure_result_of(d: Deferred[Any], *types: type[BaseException]) -> Failure:
-    """The failure C{d} already has, of one of C{types} when given."""
-    results: list[Any] = []
-    d.addBoth(results.append)
+    """The failure C{d} already has (of one of C{types} when given); handled now."""
+    results = _result_now(d)
     assert results, f"{d!r} has no result yet"
     result = results[0]
     assert isinstance(result, Failure), f"{d!r} succeeded with {result!r}"
+    d.addErrback(lambda _: None)
     if types:
         assert result.check(*types), f"{d!r} failed with {result!r}, not one of {types}"
     return result
@@ -54,8 +63,7 @@ def failure_result_of(d: Deferred[Any], *types: type[BaseException]) -> Failure:
 
 def assert_no_result(d: Deferred[Any]) -> None:
     """C{d} has not fired yet."""
-    results: list[Any] = []
-    d.addBoth(results.append)
+    results = _result_now(d)
     assert not results, f"{d!r} already has a result: {results[0]!r}"
 
 
