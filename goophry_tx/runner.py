@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from goophry_tx.spawn import SpawnError
 from goophry_tx.task import Outcome, start_error
 
 
@@ -41,6 +42,9 @@ class _ScriptProtocol(ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:  # noqa: N802
         # The exit, not the end of the pipes: a grandchild may hold those.
+        if isinstance(reason.value, SpawnError):
+            self._run._start_failed(reason.value.error)
+            return
         value = reason.value
         exit_code = getattr(value, "exitCode", 0)
         sig = getattr(value, "signal", None)
@@ -54,8 +58,11 @@ class _ScriptProtocol(ProcessProtocol):
 class RunningScript:
     """One script run: its outcome to come, and a way to stop it early."""
 
-    def __init__(self, clock: IReactorTime, started: float, kill_grace: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, started: float, kill_grace: float, script: str = ""
+    ) -> None:
         self._clock = clock
+        self._script = script
         self._started = started
         self._kill_grace = kill_grace
         self.done: Deferred[Outcome] = Deferred()
@@ -97,6 +104,12 @@ class RunningScript:
             self.stopped = True
             self._terminate()
 
+    def _start_failed(self, error: BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.done.callback(Outcome(start_error=start_error(self._script, error)))
+
     def _exited(
         self, exit_code: int | None, sig: int | None, output: bytes, truncated: int
     ) -> None:
@@ -137,7 +150,7 @@ class ScriptRunner:
         Start C{script} with C{args}.  Its C{done} fires with an L{Outcome},
         never with a failure: a script that cannot start is an outcome too.
         """
-        run = RunningScript(self._clock, self._clock.seconds(), self._kill_grace)
+        run = RunningScript(self._clock, self._clock.seconds(), self._kill_grace, script)
         protocol = _ScriptProtocol(run, self._output_limit)
         run.protocol = protocol
         try:

@@ -90,7 +90,7 @@ class GoophryService(MultiService):
             return new
 
         self.control = link("control")
-        self.spawner = PosixSpawner(reactor)
+        self.spawner = PosixSpawner(reactor, threads=2)
         self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
         self.store = OutcomeStore(
             self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor

@@ -37,9 +37,20 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from goophry_tx import libc_spawn
+from goophry_tx.libc_spawn import LibcSpawner
+
 _READ_SIZE = 65536
 
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
+
+
+class SpawnError(Exception):
+    """The child could not be started; C{error} is the OSError saying why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _ignored_signals() -> tuple[int, ...]:
@@ -79,16 +90,25 @@ class SpawnedProcess:
     Signals go to the child's whole process group, since it leads one.
     """
 
-    def __init__(
-        self, reactor: IReactorFDSet, protocol: IProcessProtocol, pid: int, out_fd: int
-    ) -> None:
+    def __init__(self, reactor: IReactorFDSet, protocol: IProcessProtocol, out_fd: int) -> None:
         self._reactor = reactor
         self.proto = protocol
-        self.pid: int | None = pid
-        self._pgid = pid
+        self.pid: int | None = None
+        self._pgid: int | None = None
+        self._signals: list[int] = []
         self._out: _Reader | None = _Reader(out_fd, self._read_output)
         self._exit: _Reader | None = None
         reactor.addReader(self._out)  # type: ignore[arg-type]
+
+    def _spawned(self, pid: int, error: int) -> None:
+        """The spawn is done: C{pid} runs, or C{error} (an errno) says why not."""
+        if error:
+            self._close_output()
+            reason = Failure(SpawnError(OSError(error, os.strerror(error))))
+            self.proto.processExited(reason)
+            self.proto.processEnded(reason)
+            return
+        self.pid = self._pgid = pid
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -96,7 +116,10 @@ class SpawnedProcess:
             self._reap_blocking()
             return
         self._exit = _Reader(pidfd, self._exited)
-        reactor.addReader(self._exit)  # type: ignore[arg-type]
+        self._reactor.addReader(self._exit)  # type: ignore[arg-type]
+        signals, self._signals = self._signals, []
+        for number in signals:
+            self.signalProcess(number)
 
     # Output
 
@@ -177,6 +200,9 @@ class SpawnedProcess:
     def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
         """Signal the child's process group (the group outlives the child)."""
         number = _SIGNALS[signalID] if isinstance(signalID, str) else signalID
+        if self._pgid is None:
+            self._signals.append(number)
+            return
         try:
             os.killpg(self._pgid, number)
         except ProcessLookupError:
@@ -226,11 +252,30 @@ class PosixSpawner:
     with stdin from C{/dev/null} and stdout and stderr on one pipe.
     """
 
-    def __init__(self, reactor: IReactorFDSet, environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        reactor: IReactorFDSet,
+        environ: Mapping[str, str] | None = None,
+        threads: int = 0,
+    ) -> None:
+        """
+        @param threads: spawn from this many threads, outside the GIL (a
+            failure to start then comes as C{processExited} with a
+            L{SpawnError}); 0 spawns in the caller's thread, raising.
+        """
         self._reactor = reactor
         self._environ = dict(os.environ if environ is None else environ)
         self._sigdef = _ignored_signals()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._threaded: LibcSpawner | None = None
+        if threads > 0 and libc_spawn.available():
+            self._threaded = LibcSpawner(
+                self._environ,
+                self._sigdef,
+                self._devnull,
+                reactor.callFromThread,  # type: ignore[attr-defined]
+                threads,
+            )
 
     def spawnProcess(  # noqa: N802
         self,
@@ -246,6 +291,8 @@ class PosixSpawner:
     ) -> SpawnedProcess:
         if path is not None or uid is not None or gid is not None or usePTY or childFDs:
             raise ValueError("PosixSpawner takes no path, uid, gid, usePTY or childFDs")
+        if self._threaded is not None and env is None:
+            return self._spawn_threaded(processProtocol, executable, args)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             os.set_blocking(read_fd, False)
@@ -267,10 +314,33 @@ class PosixSpawner:
             raise
         finally:
             os.close(write_fd)
-        transport = SpawnedProcess(self._reactor, processProtocol, pid, read_fd)
+        transport = SpawnedProcess(self._reactor, processProtocol, read_fd)
         processProtocol.makeConnection(transport)
+        transport._spawned(pid, 0)
+        return transport
+
+    def _spawn_threaded(
+        self,
+        protocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str],
+    ) -> SpawnedProcess:
+        assert self._threaded is not None
+        program = os.fsencode(executable)
+        argv = [os.fsencode(a) for a in args]
+        if b"\0" in program or any(b"\0" in a for a in argv):
+            # C strings would silently end there.
+            raise ValueError("embedded null byte")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_fd, False)
+        transport = SpawnedProcess(self._reactor, protocol, read_fd)
+        protocol.makeConnection(transport)
+        self._threaded.spawn(program, argv, write_fd, transport._spawned)
         return transport
 
     def close(self) -> None:
-        """Release the /dev/null descriptor."""
+        """Release the /dev/null descriptor and the spawning threads."""
+        if self._threaded is not None:
+            self._threaded.close()
+            self._threaded = None
         os.close(self._devnull)

@@ -1,0 +1,157 @@
+"""
+libc's C{posix_spawn} called through ctypes, which releases the GIL.
+
+C{os.posix_spawn} holds the GIL until the child has exec'd (about half a
+millisecond), and the reactor stands still meanwhile.  Called through
+ctypes from a few threads, the spawn waits outside the GIL, so the reactor
+goes on serving Redis and reaping children while new ones start.
+
+Everything that is the same for every spawn (the attributes: a new process
+group, default signal handlers, an empty signal mask; the environment) is
+built once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+# glibc's flag values (spawn.h).
+_SETPGROUP = 0x02
+_SETSIGDEF = 0x04
+_SETSIGMASK = 0x08
+
+# Larger than glibc's posix_spawnattr_t (336 bytes), file actions (80) and
+# sigset_t (128), so the layout never matters.
+_OPAQUE = 1024
+
+
+def _load() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        libc.posix_spawn.restype = ctypes.c_int
+        libc.posix_spawn.argtypes = [
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.POINTER(ctypes.c_char_p),
+        ]
+        for fn in ("posix_spawn_file_actions_init", "posix_spawn_file_actions_destroy"):
+            getattr(libc, fn).argtypes = [ctypes.c_void_p]
+        libc.posix_spawn_file_actions_adddup2.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        libc.posix_spawnattr_init.argtypes = [ctypes.c_void_p]
+        libc.posix_spawnattr_setflags.argtypes = [ctypes.c_void_p, ctypes.c_short]
+        libc.posix_spawnattr_setpgroup.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        libc.posix_spawnattr_setsigdefault.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        libc.posix_spawnattr_setsigmask.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        libc.sigemptyset.argtypes = [ctypes.c_void_p]
+        libc.sigaddset.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load()
+
+
+def available() -> bool:
+    """Whether libc's posix_spawn can be called here."""
+    return _libc is not None
+
+
+def _strings(values: Iterable[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+    items: list[bytes | None] = list(values)
+    items.append(None)
+    return (ctypes.c_char_p * len(items))(*items)
+
+
+class LibcSpawner:
+    """
+    Spawns children from C{threads} threads; each result comes back to the
+    caller's C{deliver} function (the reactor's C{callFromThread}).
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        default_signals: Sequence[int],
+        stdin_fd: int,
+        deliver: Callable[..., object],
+        threads: int = 2,
+    ) -> None:
+        assert _libc is not None
+        self._libc = _libc
+        self._deliver = deliver
+        self._stdin_fd = stdin_fd
+        self._envp = _strings(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items())
+        self._attr = ctypes.create_string_buffer(_OPAQUE)
+        sigdef = ctypes.create_string_buffer(_OPAQUE)
+        empty = ctypes.create_string_buffer(_OPAQUE)
+        libc = self._libc
+        libc.posix_spawnattr_init(self._attr)
+        libc.sigemptyset(sigdef)
+        for number in default_signals:
+            libc.sigaddset(sigdef, number)
+        libc.sigemptyset(empty)
+        libc.posix_spawnattr_setsigdefault(self._attr, sigdef)
+        libc.posix_spawnattr_setsigmask(self._attr, empty)
+        libc.posix_spawnattr_setpgroup(self._attr, 0)
+        libc.posix_spawnattr_setflags(self._attr, _SETPGROUP | _SETSIGDEF | _SETSIGMASK)
+        self._jobs: queue.SimpleQueue[tuple[bytes, list[bytes], int, Callable[..., object]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"goophry-spawn-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def spawn(
+        self,
+        executable: bytes,
+        argv: list[bytes],
+        out_fd: int,
+        done: Callable[[int, int], object],
+    ) -> None:
+        """
+        Start C{executable} with stdout and stderr on C{out_fd}, which is
+        closed afterwards; C{done(pid, error)} is delivered (error 0 or an
+        errno).
+        """
+        self._jobs.put((executable, argv, out_fd, done))
+
+    def _work(self) -> None:
+        libc = self._libc
+        actions = ctypes.create_string_buffer(_OPAQUE)
+        pid = ctypes.c_int()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            executable, argv, out_fd, done = job
+            libc.posix_spawn_file_actions_init(actions)
+            libc.posix_spawn_file_actions_adddup2(actions, self._stdin_fd, 0)
+            libc.posix_spawn_file_actions_adddup2(actions, out_fd, 1)
+            libc.posix_spawn_file_actions_adddup2(actions, out_fd, 2)
+            error = libc.posix_spawn(
+                ctypes.byref(pid), executable, actions, self._attr, _strings(argv), self._envp
+            )
+            libc.posix_spawn_file_actions_destroy(actions)
+            os.close(out_fd)
+            self._deliver(done, pid.value if error == 0 else 0, error)
+
+    def close(self) -> None:
+        """Let the threads end."""
+        for _ in self._threads:
+            self._jobs.put(None)
