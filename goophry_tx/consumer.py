@@ -91,7 +91,7 @@ class Consumer:
         self._moving = False
         self._retry: IDelayedCall | None = None
         self._stopping = False
-        self._stopped: Deferred[None] | None = None
+        self._stop_waiters: list[Deferred[None]] = []
 
     # The loop
 
@@ -300,9 +300,10 @@ class Consumer:
             self._taking.cancel()
         if self._moving:
             self._unblock()
-        self._stopped = Deferred()
+        stopped: Deferred[None] = Deferred()
+        self._stop_waiters.append(stopped)
         self._maybe_stopped()
-        return self._stopped
+        return stopped
 
     def _unblock(self) -> None:
         """
@@ -321,13 +322,14 @@ class Consumer:
             run.stop()
 
     def _maybe_stopped(self) -> None:
-        stopped = self._stopped
-        if stopped is None or stopped.called or self._running:
+        if not self._stop_waiters or self._running:
             return
         if self._taking is not None:
             self._taking.addBoth(lambda _: self._maybe_stopped())
             return
-        stopped.callback(None)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def running_payloads(self) -> collections.Counter[bytes]:
         """The payloads of the scripts running now."""

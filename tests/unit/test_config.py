@@ -278,7 +278,9 @@ def test_bad_task_settings_are_named(
 
 
 def test_duplicate_type(tmp_path: Path, script: Path) -> None:
-    message = refused(tmp_path, Tasks=[task(script), {"Type": "u", "Script": str(script)}, task(script)])
+    message = refused(
+        tmp_path, Tasks=[task(script), {"Type": "u", "Script": str(script)}, task(script)]
+    )
     assert message == f'{NAME}: Tasks[2].Type: "t" is already used by Tasks[0]'
 
 
@@ -304,7 +306,8 @@ def test_missing_error_script(tmp_path: Path, script: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "given, missing", [("StatsTLSCertFile", "StatsTLSKeyFile"), ("StatsTLSKeyFile", "StatsTLSCertFile")]
+    "given, missing",
+    [("StatsTLSCertFile", "StatsTLSKeyFile"), ("StatsTLSKeyFile", "StatsTLSCertFile")],
 )
 def test_only_one_tls_file(tmp_path: Path, script: Path, given: str, missing: str) -> None:
     (tmp_path / "f.pem").write_text("x")
@@ -327,7 +330,5 @@ def test_unreadable_tls_file(tmp_path: Path, script: Path, broken: str) -> None:
 
 def test_tls_file_that_is_a_directory_cannot_be_read(tmp_path: Path, script: Path) -> None:
     (tmp_path / "k.pem").write_text("key")
-    message = refused(
-        tmp_path, Tasks=[task(script)], StatsTLSCertFile=".", StatsTLSKeyFile="k.pem"
-    )
+    message = refused(tmp_path, Tasks=[task(script)], StatsTLSCertFile=".", StatsTLSKeyFile="k.pem")
     assert message == f"{NAME}: StatsTLSCertFile: {tmp_path}: cannot read: Is a directory"

@@ -121,7 +121,10 @@ def test_a_timed_out_script_fails_even_when_it_exits_0() -> None:
             Outcome(exit_code=3, output=b"yy", truncated=5),
             "exit status 3\nyy\n... [truncated 5 bytes]",
         ),
-        (Outcome(start_error="fork/exec /x: no such file or directory"), "fork/exec /x: no such file or directory"),
+        (
+            Outcome(start_error="fork/exec /x: no such file or directory"),
+            "fork/exec /x: no such file or directory",
+        ),
     ],
 )
 def test_error_messages(outcome: Outcome, message: str) -> None:

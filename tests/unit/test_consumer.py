@@ -1,0 +1,471 @@
+"""goophry_tx.consumer: the loop of one task type, with fake Redis, fake processes, a Clock."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import attrs
+import pytest
+from twisted.internet.task import Clock
+
+from goophry_tx.config import TaskType
+from goophry_tx.consumer import RECONCILE_SCRIPT, Consumer
+from goophry_tx.failures import ErrorNotifier, OutcomeStore
+from goophry_tx.keys import Keys
+from goophry_tx.redis import ResponseError
+from goophry_tx.runner import ScriptRunner
+from goophry_tx.stats import TypeCounters
+from tests.unit.fakes import (
+    FakeRedisLink,
+    MemoryProcessReactor,
+    SpawnedProcess,
+    assert_no_result,
+    success_result_of,
+)
+
+SCRIPT = "/s/task.sh"
+ERROR_SCRIPT = "/s/err.sh"
+QUEUE = "q:t"
+INFLIGHT = "q:t:inflight:i1"
+FAILED = "q:t:failed"
+
+
+def entry(*args: str) -> bytes:
+    return json.dumps({"Args": list(args)}).encode()
+
+
+def blmove(timeout: float = 10.0) -> tuple[Any, ...]:
+    return ("BLMOVE", QUEUE, INFLIGHT, "LEFT", "RIGHT", timeout)
+
+
+def reconcile(*known: bytes) -> tuple[Any, ...]:
+    return ("EVAL", RECONCILE_SCRIPT, 2, INFLIGHT, QUEUE, *known)
+
+
+@attrs.define
+class Rig:
+    clock: Clock
+    processes: MemoryProcessReactor
+    blocking: FakeRedisLink
+    control: FakeRedisLink
+    store: OutcomeStore
+    counters: TypeCounters
+    consumer: Consumer
+
+    def start(self) -> None:
+        """Start the consumer and answer its first reconcile."""
+        self.consumer.start()
+        self.control.take("EVAL").answer(0)
+
+    def give(self, payload: bytes | None) -> None:
+        """Answer the pending BLMOVE."""
+        self.blocking.take("BLMOVE").answer(payload)
+
+    def scripts(self) -> list[SpawnedProcess]:
+        return [p for p in self.processes.spawned if p.executable == SCRIPT]
+
+    def error_script_args(self) -> list[list[Any]]:
+        return [p.args[1:] for p in self.processes.spawned if p.executable == ERROR_SCRIPT]
+
+
+def make_rig(
+    workers: int = 1,
+    ttl: int = 0,
+    error_script: str | None = None,
+    timeout: float = 0.0,
+    atomic: bool = True,
+) -> Rig:
+    clock = Clock()
+    processes = MemoryProcessReactor()
+    blocking = FakeRedisLink(client_id=b"42")
+    control = FakeRedisLink(client_id=b"7")
+    keys = Keys("q")
+    store = OutcomeStore(control, keys, "i1", ttl, clock)
+    runner = ScriptRunner(processes, clock, output_limit=100, kill_grace=5.0)
+    notifier = ErrorNotifier(runner, error_script, queue_size=10, timeout=30.0)
+    counters = TypeCounters()
+    consumer = Consumer(
+        task_type=TaskType("t", SCRIPT, workers, timeout),
+        keys=keys,
+        instance="i1",
+        blocking=blocking,  # type: ignore[arg-type]
+        control=control,  # type: ignore[arg-type]
+        store=store,
+        runner=runner,
+        notifier=notifier,
+        counters=counters,
+        clock=clock,
+        block_timeout=10.0,
+        atomic=atomic,
+    )
+    return Rig(clock, processes, blocking, control, store, counters, consumer)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
+
+
+# Taking entries
+
+
+def test_start_puts_back_unknown_entries_before_taking(rig: Rig) -> None:
+    rig.consumer.start()
+    assert [p.command for p in rig.control.pending] == [reconcile()]
+    assert rig.blocking.sent == []
+    rig.control.take("EVAL").answer(0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_failed_reconcile_does_not_stop_the_consumer(rig: Rig) -> None:
+    rig.consumer.start()
+    rig.control.take("EVAL").refuse(ResponseError("NOSCRIPT"))
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_an_entry_runs_its_script_with_its_args(rig: Rig) -> None:
+    rig.start()
+    rig.give(entry("p1", "p 2; $(x)"))
+    [spawned] = rig.scripts()
+    assert spawned.args == [SCRIPT, "p1", "p 2; $(x)"]
+    assert (rig.counters.started, rig.counters.running) == (1, 1)
+    assert rig.consumer.running == 1
+
+
+def test_with_one_worker_busy_no_entry_is_taken(rig: Rig) -> None:
+    rig.start()
+    rig.give(entry("a"))
+    # The only worker is busy: the next entry stays in Redis for others.
+    assert rig.blocking.pending == []
+    rig.clock.advance(60)
+    assert rig.blocking.pending == []
+    rig.scripts()[0].end(0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_with_two_workers_two_entries_are_taken_and_no_third() -> None:
+    rig = make_rig(workers=2)
+    rig.start()
+    rig.give(entry("a"))
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    rig.give(entry("b"))
+    assert rig.blocking.pending == []
+    assert [s.args[1] for s in rig.scripts()] == ["a", "b"]
+    rig.scripts()[1].end(0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_nil_reply_takes_again(rig: Rig) -> None:
+    rig.start()
+    rig.give(None)
+    rig.give(None)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    assert rig.blocking.sent == [blmove()] * 3
+    assert rig.scripts() == []
+
+
+def test_an_older_redis_uses_blpop_without_reconciling() -> None:
+    rig = make_rig(atomic=False)
+    rig.consumer.start()
+    assert rig.control.pending == []
+    assert [p.command for p in rig.blocking.pending] == [("BLPOP", QUEUE, 10.0)]
+    rig.blocking.take("BLPOP").answer([QUEUE.encode(), entry("x")])
+    assert rig.scripts()[0].args == [SCRIPT, "x"]
+
+
+def test_a_redis_error_on_take_retries_after_a_pause(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.take("BLMOVE").refuse(ResponseError("ERR unknown command"))
+    assert rig.blocking.pending == []
+    rig.clock.advance(5.0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+# Outcomes
+
+
+def test_success_removes_the_entry_from_the_inflight_list(rig: Rig) -> None:
+    rig.start()
+    payload = entry("a")
+    rig.give(payload)
+    rig.clock.advance(3)
+    rig.scripts()[0].end(0)
+    assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
+    assert (rig.counters.succeeded, rig.counters.running, rig.counters.seconds) == (1, 0, 3.0)
+    assert rig.store.unwritten["t"] == {payload: 1}
+    rig.control.take("LREM").answer(1)
+    assert not rig.store.unwritten["t"]
+
+
+def test_failure_moves_the_entry_to_the_failed_list_with_its_ttl() -> None:
+    rig = make_rig(ttl=60)
+    rig.start()
+    payload = entry("a", "b")
+    rig.give(payload)
+    rig.scripts()[0].output(b"boom")
+    rig.scripts()[0].end(1)
+    [sent] = rig.control.pending
+    assert sent.command == (
+        "MULTI",
+        ("RPUSH", FAILED, b'{"Args":["a","b"],"ErrorMessage":"exit status 1\\nboom"}'),
+        ("EXPIRE", FAILED, 60),
+        ("LREM", INFLIGHT, -1, payload),
+    )
+    assert rig.counters.failed == 1
+
+
+def test_without_a_ttl_a_failure_only_leaves_the_inflight_list(rig: Rig) -> None:
+    rig.start()
+    payload = entry("a")
+    rig.give(payload)
+    rig.scripts()[0].end(None, signal=signal.SIGKILL)
+    assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
+    assert rig.counters.failed == 1
+
+
+def test_a_failure_tells_the_error_script() -> None:
+    rig = make_rig(error_script=ERROR_SCRIPT)
+    rig.start()
+    rig.give(entry("a1", "a 2"))
+    rig.scripts()[0].output(b"oops\n")
+    rig.scripts()[0].end(2)
+    assert rig.error_script_args() == [[f'{SCRIPT} "a1" "a 2"\n\nexit status 2\noops\n']]
+
+
+def test_a_script_that_cannot_start_fails_and_frees_its_worker() -> None:
+    rig = make_rig(ttl=60)
+    rig.start()
+    rig.processes.spawn_error = FileNotFoundError(2, "No such file or directory")
+    rig.give(entry("a"))
+    [sent] = rig.control.pending
+    assert sent.command[1] == (
+        "RPUSH",
+        FAILED,
+        b'{"Args":["a"],"ErrorMessage":"fork/exec /s/task.sh: no such file or directory"}',
+    )
+    assert (rig.counters.started, rig.counters.running, rig.counters.failed) == (1, 0, 1)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_an_invalid_entry_goes_to_the_failed_list_with_its_payload() -> None:
+    rig = make_rig(ttl=60, error_script=ERROR_SCRIPT)
+    rig.start()
+    payload = b'{"Args":"x"}'
+    rig.give(payload)
+    assert rig.scripts() == []
+    [sent] = rig.control.pending
+    reason = "invalid task entry: Args must be an array of strings"
+    assert sent.name == "MULTI"
+    assert json.loads(sent.command[1][2]) == {
+        "Args": None,
+        "ErrorMessage": reason,
+        "Payload": '{"Args":"x"}',
+    }
+    assert sent.command[2:] == (("EXPIRE", FAILED, 60), ("LREM", INFLIGHT, -1, payload))
+    assert (rig.counters.invalid, rig.counters.started) == (1, 0)
+    assert rig.error_script_args() == [[f'{SCRIPT}\n\n{reason}\n{{"Args":"x"}}']]
+    # Its worker is free again.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_an_outcome_that_finishes_while_redis_is_away_is_written_when_it_returns(
+    rig: Rig,
+) -> None:
+    rig.start()
+    payload = entry("a")
+    rig.give(payload)
+    rig.control.lose_connection()
+    rig.scripts()[0].end(0)
+    assert rig.control.pending == []
+    assert rig.store.unwritten["t"] == {payload: 1}
+    rig.control.reconnect()
+    assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
+
+
+# Losing the connection
+
+
+def test_a_lost_connection_on_take_waits_reconciles_and_takes_again() -> None:
+    rig = make_rig(workers=2)
+    rig.start()
+    running = entry("running")
+    rig.give(running)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    rig.blocking.lose_connection()
+    assert rig.blocking.pending == []
+    assert rig.control.pending == []
+    rig.clock.advance(60)
+    assert rig.control.pending == []
+    rig.blocking.reconnect()
+    # What is running is known; anything else in the in-flight list goes back.
+    assert [p.command for p in rig.control.pending] == [reconcile(running)]
+    assert rig.blocking.pending == []
+    rig.control.take("EVAL").answer(1)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_reconcile_counts_unwritten_outcomes_as_known(rig: Rig) -> None:
+    rig.start()
+    payload = entry("done")
+    rig.give(payload)
+    rig.control.lose_connection()
+    rig.scripts()[0].end(0)  # its LREM waits for Redis
+    rig.blocking.lose_connection()
+    rig.control.reconnect()
+    rig.blocking.reconnect()
+    assert [p.command for p in rig.control.pending] == [
+        ("LREM", INFLIGHT, -1, payload),
+        reconcile(payload),
+    ]
+
+
+def test_reconcile_waits_for_the_control_link_too(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.lose_connection()
+    rig.control.lose_connection()
+    rig.blocking.reconnect()  # first back; the EVAL cannot be sent yet
+    assert rig.control.sent.count(reconcile()) == 1  # the one at start
+    assert rig.blocking.pending == []
+    rig.control.reconnect()
+    assert [p.command for p in rig.control.pending] == [reconcile()]
+    rig.control.take("EVAL").answer(0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_reconcile_cut_off_by_a_lost_connection_is_sent_again(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.lose_connection()
+    rig.blocking.reconnect()
+    rig.control.lose_connection()  # the EVAL's reply is lost
+    assert rig.blocking.pending == []
+    rig.control.reconnect()
+    assert [p.command for p in rig.control.pending] == [reconcile()]
+    rig.control.take("EVAL").answer(0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+# Stopping
+
+
+def test_stop_while_taking_unblocks_and_fires_when_the_take_ends(rig: Rig) -> None:
+    rig.start()
+    stopped = rig.consumer.stop()
+    assert [p.command for p in rig.control.pending] == [("CLIENT", "UNBLOCK", b"42")]
+    assert_no_result(stopped)
+    rig.control.take("CLIENT").answer(1)
+    rig.give(None)
+    assert success_result_of(stopped) is None
+    assert rig.blocking.pending == []
+    rig.clock.advance(10)
+    assert rig.control.pending == []
+    assert rig.blocking.pending == []
+
+
+def test_unblock_is_asked_again_until_the_take_ends(rig: Rig) -> None:
+    # The CLIENT UNBLOCK may reach Redis before the BLMOVE blocks.
+    rig.start()
+    rig.consumer.stop()
+    rig.control.take("CLIENT").answer(0)
+    rig.clock.advance(0.2)
+    assert [p.command for p in rig.control.pending] == [("CLIENT", "UNBLOCK", b"42")]
+    rig.control.take("CLIENT").answer(1)
+    rig.give(None)
+    rig.clock.advance(1)
+    assert rig.control.pending == []
+
+
+def test_an_entry_taken_after_stop_is_requeued_not_run(rig: Rig) -> None:
+    rig.start()
+    stopped = rig.consumer.stop()
+    payload = entry("late")
+    rig.give(payload)
+    assert rig.scripts() == []
+    assert [p.command for p in rig.control.pending if p.name == "MULTI"] == [
+        ("MULTI", ("LREM", INFLIGHT, -1, payload), ("LPUSH", QUEUE, payload))
+    ]
+    assert rig.blocking.pending == []
+    success_result_of(stopped)
+
+
+def test_stop_waits_for_running_scripts(rig: Rig) -> None:
+    rig.start()
+    payload = entry("a")
+    rig.give(payload)
+    stopped = rig.consumer.stop()
+    # Waiting for a worker, not blocked in Redis: nothing to unblock.
+    assert rig.control.pending == []
+    rig.clock.advance(3600)
+    assert_no_result(stopped)
+    assert rig.scripts()[0].transport.signals == []
+    rig.scripts()[0].end(0)
+    assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
+    assert success_result_of(stopped) is None
+    assert rig.blocking.pending == []
+
+
+def test_stop_with_a_script_running_and_a_take_pending() -> None:
+    rig = make_rig(workers=2)
+    rig.start()
+    rig.give(entry("a"))
+    stopped = rig.consumer.stop()
+    rig.control.take("CLIENT").answer(1)
+    rig.scripts()[0].end(0)
+    assert_no_result(stopped)
+    rig.give(None)
+    success_result_of(stopped)
+
+
+def test_stop_with_nothing_running_and_no_connection_fires_at_once(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.lose_connection()
+    stopped = rig.consumer.stop()
+    success_result_of(stopped)
+    rig.blocking.reconnect()
+    assert rig.control.pending == []
+    assert rig.blocking.pending == []
+
+
+def test_stop_scripts_requeues_their_entries(rig: Rig) -> None:
+    rig.start()
+    payload = entry("long")
+    rig.give(payload)
+    stopped = rig.consumer.stop()
+    rig.consumer.stop_scripts()
+    spawned = rig.scripts()[0]
+    assert spawned.transport.signals == ["TERM"]
+    rig.clock.advance(5.0)
+    assert spawned.transport.signals == ["TERM", "KILL"]
+    spawned.end(None, signal=signal.SIGKILL)
+    assert [p.command for p in rig.control.pending] == [
+        ("MULTI", ("LREM", INFLIGHT, -1, payload), ("LPUSH", QUEUE, payload))
+    ]
+    assert (rig.counters.requeued, rig.counters.failed, rig.counters.succeeded) == (1, 0, 0)
+    success_result_of(stopped)
+
+
+def test_stop_twice_fires_both(rig: Rig) -> None:
+    rig.start()
+    rig.give(entry("a"))
+    first = rig.consumer.stop()
+    second = rig.consumer.stop()
+    rig.scripts()[0].end(0)
+    success_result_of(second)
+    success_result_of(first)
+
+
+def test_the_type_timeout_applies_to_its_scripts() -> None:
+    rig = make_rig(ttl=60, timeout=30.0)
+    rig.start()
+    rig.give(entry("slow"))
+    spawned = rig.scripts()[0]
+    rig.clock.advance(30.0)
+    assert spawned.transport.signals == ["TERM"]
+    spawned.end(None, signal=signal.SIGTERM)
+    [sent] = rig.control.pending
+    assert sent.command[1] == (
+        "RPUSH",
+        FAILED,
+        b'{"Args":["slow"],"ErrorMessage":"timed out after 30s (signal: terminated)"}',
+    )
