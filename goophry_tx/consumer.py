@@ -11,6 +11,7 @@ and leaves the in-flight list when its outcome is recorded.
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from goophry_tx.config import TaskType
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
-from goophry_tx.redis import ConnectionError, RedisLink
+from goophry_tx.redis import ConnectionError, RedisLink, ResponseError
 from goophry_tx.runner import RunningScript, ScriptRunner
 from goophry_tx.stats import TypeCounters
 from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
@@ -47,6 +48,23 @@ for i = #items, 1, -1 do
 end
 return back
 """
+
+
+# Moves up to ARGV[1] entries from the queue to the in-flight list without
+# blocking, in one round trip, when several workers are free at once.
+# KEYS: queue, in-flight list.
+TAKE_SCRIPT = """
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not item then break end
+  taken[i] = item
+end
+return taken
+"""
+
+#: The most entries taken in one round trip.
+MAX_BATCH = 64
 
 
 class Consumer:
@@ -88,6 +106,8 @@ class Consumer:
         self._slots = DeferredSemaphore(task_type.workers)
         self._running: dict[int, tuple[Task, RunningScript]] = {}
         self._taking: Deferred[Any] | None = None
+        self._take_sha: str | bytes = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+        self._starved = True
         self._moving = False
         self._retry: IDelayedCall | None = None
         self._stopping = False
@@ -112,6 +132,21 @@ class Consumer:
         if self._stopping:
             raise CancelledError()
         self._moving = True
+        slots = self._slots
+        if self.atomic and slots.tokens > 0 and not self._starved:
+            # Several workers free: take what is there for them at once.
+            wanted = 1
+            while slots.tokens > 0 and wanted < MAX_BATCH:
+                slots.acquire()
+                wanted += 1
+            return self._blocking.execute(
+                "EVALSHA", self._take_sha, 2, self._queue, self._inflight, wanted
+            ).addCallbacks(
+                self._moved_many,
+                self._take_script_failed,
+                callbackArgs=(wanted,),
+                errbackArgs=(wanted,),
+            )
         if self.atomic:
             command: tuple[Any, ...] = (
                 "BLMOVE",
@@ -125,9 +160,44 @@ class Consumer:
             command = ("BLPOP", self._queue, self._block_timeout)
         return self._blocking.execute(*command).addCallback(self._moved)
 
+    def _moved_many(self, payloads: list[bytes], wanted: int) -> None:
+        self._moving = False
+        self._taking = None
+        # An empty queue: block for one entry next time.
+        self._starved = not payloads
+        for _ in range(wanted - len(payloads)):
+            self._slots.release()
+        for payload in payloads:
+            if self._stopping:
+                self._slots.release()
+                self._store.requeue(self.task_type.type, payload)
+            else:
+                self._start(payload)
+        self._take_next()
+
+    def _take_script_failed(self, failure: Failure, wanted: int) -> Any:
+        # Keep one slot for _move_failed to release.
+        for _ in range(wanted - 1):
+            self._slots.release()
+        if failure.check(ResponseError) and "NOSCRIPT" in failure.getErrorMessage():
+            # Redis forgot the script (restarted, SCRIPT FLUSH): load it again.
+            self._moving = False
+            self._taking = None
+            self._slots.release()
+            self._load_take_script().addBoth(lambda _: self._take_next())
+            return None
+        return failure
+
+    def _load_take_script(self) -> Deferred[Any]:
+        def loaded(sha: bytes) -> None:
+            self._take_sha = sha
+
+        return self._blocking.execute("SCRIPT", "LOAD", TAKE_SCRIPT).addCallback(loaded)
+
     def _moved(self, reply: Any) -> None:
         self._moving = False
         self._taking = None
+        self._starved = False
         payload = reply if self.atomic or reply is None else reply[1]
         if payload is None:
             self._slots.release()
