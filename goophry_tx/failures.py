@@ -243,3 +243,27 @@ class ErrorNotifier:
         d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
+
+    def flush(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
+        """
+        Wait at most C{timeout} seconds for ErrorScript to be told of every
+        queued failure; what is left then is logged in full.
+        """
+        result: Deferred[None] = Deferred()
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.callback(None)
+
+        def expire() -> None:
+            left, self._queue = list(self._queue), collections.deque()
+            for message in left:
+                self.log.error("stopping before ErrorScript was told: {message}", message=message)
+            if not result.called:
+                result.callback(None)
+
+        timer = clock.callLater(timeout, expire)
+        self.when_idle().addCallback(done)
+        return result

@@ -47,6 +47,19 @@ class ReopeningFileObserver:
             pass
 
 
+#: The log file named on the twistd plugin's command line or in the config.
+plugin_logfile: str | None = None
+
+
+def plugin_observer() -> ReopeningFileObserver:
+    """twistd's C{--logger}: log to L{plugin_logfile}, reopened on SIGUSR1."""
+    from twisted.internet import reactor
+
+    observer = ReopeningFileObserver(plugin_logfile)
+    install_reopen_signal(observer, reactor.callFromThread)  # type: ignore[attr-defined]
+    return observer
+
+
 def install_reopen_signal(
     observer: ReopeningFileObserver, call_from_thread: Callable[..., Any]
 ) -> None:

@@ -287,6 +287,10 @@ class GoophryService(MultiService):
                 timer.cancel()
             return self.store.flush(timeout=10.0)
 
+        def told(unwritten: int) -> Deferred[int]:
+            d = self.notifier.flush(self._reactor, self.config.error_script_timeout + 1)
+            return d.addCallback(lambda _: unwritten)
+
         def flushed(unwritten: int) -> Deferred[Any]:
             if unwritten:
                 self.log.warn(
@@ -304,6 +308,7 @@ class GoophryService(MultiService):
             return d
 
         done: Deferred[Any] = stopped.addCallback(finish)
+        done.addCallback(told)
         done.addCallback(flushed)
         done.addCallback(disconnect)
         return done

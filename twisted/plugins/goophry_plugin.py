@@ -34,11 +34,11 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         logfile = self["logfile"] or self["loaded"].logfile
         if logfile and self.parent is not None:
-            # Hand twistd our observer, so the log goes to the file instead.
-            from goophry_tx.logs import ReopeningFileObserver
+            # Have twistd log through our observer, to the file instead.
+            from goophry_tx import logs
 
-            self.parent["logger"] = lambda: ReopeningFileObserver(logfile)
-            self["log_observer_path"] = logfile
+            logs.plugin_logfile = logfile
+            self.parent["logger"] = "goophry_tx.logs.plugin_observer"
 
 
 @implementer(IServiceMaker, IPlugin)
