@@ -326,6 +326,10 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         cert, key = _resolve(base, cert), _resolve(base, key)
         _check_readable(reader, "StatsTLSCertFile", cert)
         _check_readable(reader, "StatsTLSKeyFile", key)
+        # Parse them now: a bad or mismatched pair is refused at start.
+        from goophry_tx.tls import server_tls_options
+
+        server_tls_options(cert, key, source)
 
     return Config(
         path=source,

@@ -50,8 +50,8 @@ def server_tls_options(cert_file: str, key_file: str, source: str) -> Certificat
         raise fail("StatsTLSKeyFile", key_file, f"not a valid private key: {e}") from None
 
     context = SSL.Context(SSL.TLS_METHOD)
-    context.use_certificate(chain[0])
-    context.use_privatekey(key)
+    context.use_certificate(chain[0].to_cryptography())
+    context.use_privatekey(key.to_cryptography_key())
     try:
         context.check_privatekey()
     except SSL.Error:

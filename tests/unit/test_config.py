@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from goophry_tx.config import Config, ConfigError, load_config
 from tests.helpers import write_config, write_script
@@ -128,8 +129,9 @@ def test_relative_paths_resolve_against_the_config_directory(
     write_script(conf, "bare.sh", "exit 0")
     write_script(conf / "bin", "err.sh", "exit 0")
     (conf / "tls").mkdir()
-    (conf / "tls" / "c.pem").write_text("cert")
-    (conf / "tls" / "k.pem").write_text("key")
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(conf / "tls" / "c.pem"))
+    leaf.private_key_pem.write_to_path(str(conf / "tls" / "k.pem"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
