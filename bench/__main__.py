@@ -91,37 +91,51 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
+def run_one(b: scenarios.Bench, name: str, a: argparse.Namespace, scn: dict[str, Any]) -> None:
+    """Run one scenario into scn (cost reads throughput's runs, or makes its own)."""
+    q = a.quick
+    if name == "throughput":
+        ws = a.workers or ([1, 8, 256] if q else [1, 8, 64, 256])
+        scn[name] = scenarios.throughput(b, ws, a.n, a.repeats or (1 if q else 3))
+    elif name == "cost":
+        if "throughput" not in scn:
+            scn["throughput"] = scenarios.throughput(b, a.workers or [8, 256], a.n, a.repeats or 1)
+        scn[name] = scenarios.cost(scn["throughput"])
+    elif name == "latency":
+        scn[name] = scenarios.latency(b, a.rate, a.samples, a.rounds)
+    elif name == "idle":
+        scn[name] = scenarios.idle(b, a.idle_types, a.idle_seconds)
+    elif name == "scale":
+        scn[name] = scenarios.scale(
+            b, a.types, a.n, a.repeats or (1 if q else 2), waves=2 if q else 8
+        )
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen scenarios; return the full result document."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     t_start = time.monotonic()
     scn: dict[str, Any] = {}
     timings: dict[str, float] = {}
+    errors: dict[str, str] = {}
     wanted = SCENARIOS if a.scenario == "all" else (a.scenario,)
-    with scenarios.Bench(a.daemon_cmd, quick=a.quick) as b:
+    with scenarios.Bench(a.daemon_cmd) as b:
         facts = machine(b)
         for name in wanted:
             t0 = time.monotonic()
             b.log(f"{name} ...")
-            if name == "throughput":
-                ws = a.workers or ([1, 8, 256] if a.quick else [1, 8, 64, 256])
-                scn[name] = scenarios.throughput(b, ws, a.n, a.repeats or (1 if a.quick else 3))
-            elif name == "cost":
-                if "throughput" not in scn:
-                    ws = a.workers or [8, 256]
-                    scn["throughput"] = scenarios.throughput(b, ws, a.n, a.repeats or 1)
-                scn[name] = scenarios.cost(b, scn["throughput"])
-            elif name == "latency":
-                scn[name] = scenarios.latency(b, a.rate, a.samples, a.rounds)
-            elif name == "idle":
-                scn[name] = scenarios.idle(b, a.idle_types, a.idle_seconds)
-            elif name == "scale":
-                scn[name] = scenarios.scale(
-                    b, a.types, a.n, a.repeats or (1 if a.quick else 2), waves=2 if a.quick else 8
-                )
+            if name == "cost" and "throughput" in errors:
+                errors[name] = "needs the throughput runs, which failed"
+                continue
+            try:
+                run_one(b, name, a, scn)
+            except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
+                errors[name] = f"{type(e).__name__}: {e}"
+                b.keep = True
+                b.log(f"{name} FAILED: {errors[name]}")
             timings[name] = time.monotonic() - t0
             b.log(f"{name}: {timings[name]:.1f} s")
-        notes = b.notes
+        notes, stops = b.notes, b.stops
     doc: dict[str, Any] = {
         "started": started,
         "duration_s": time.monotonic() - t_start,
@@ -130,9 +144,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "quick": a.quick,
         "timings_s": timings,
         "notes": notes,
+        "errors": errors,
+        "sigterm": {"exit_codes": [c for c, _ in stops], "seconds": [s for _, s in stops]},
         "scenarios": scn,
     }
-    doc["targets"] = report.targets(scn)
+    doc["targets"] = report.targets(doc)
     return doc
 
 
@@ -144,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.no_save:
         path, png = report.write(doc, doc["started"].replace(":", ""), a.results)
         print(f"\nwritten: {path}, {os.path.join(a.results, 'latest.json')}, {png}")
-    return 0
+    return 1 if doc["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class Spawner:
         for key, free in list(self.free.items()):
             if free > 0:
                 got: Reply = self.redis.call("LPOP", key, free)
-                for entry in got or []:
+                for entry in got if isinstance(got, list) else []:
                     assert isinstance(entry, bytes)
                     self.spawn(key, entry)
                     took += 1

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.redisproc import RespClient, free_port
 
@@ -24,6 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DAEMON_CMD = "{twistd} -n --pidfile= goophry -c {config}"
 #: The plain BLPOP spawner in the daemon's place (for testing the harness).
 STANDIN_DAEMON_CMD = "{python} -m bench.blpop_spawner -c {config}"
+
+NO_STATS = "serves no stats: drains timed until the queue is empty (LLEN) and no child is left"
 
 
 def twistd_path() -> str:
@@ -157,7 +159,7 @@ class Daemon:
                 # A daemon may block on Redis before its stats listen: give them 2 s.
                 if self.has_stats or time.monotonic() - blocked_since > 2.0:
                     if not self.has_stats:
-                        self.notes.append("no stats endpoint: completion seen through LLEN")
+                        self.notes.append(NO_STATS)
                     return
             time.sleep(0.05)
         self.stop()
@@ -182,6 +184,12 @@ class Daemon:
         doc = self.stats()
         return Counts.of(doc) if doc is not None else None
 
+    def children(self) -> list[psutil.Process]:
+        """Its child processes alive now (its running scripts)."""
+        assert self.ps is not None
+        children: list[psutil.Process] = self.ps.children()
+        return children
+
     def cpu_s(self) -> float:
         """Its own CPU seconds (user + system, all its threads; not its children)."""
         assert self.ps is not None
@@ -191,14 +199,17 @@ class Daemon:
     def cpu_ns_precise(self) -> int:
         """Its CPU time in ns from schedstat (finer than clock ticks; live threads only)."""
         assert self.proc is not None
-        total = 0
+        total = seen = 0
         base = f"/proc/{self.proc.pid}/task"
         for tid in os.listdir(base):
             try:
                 with open(f"{base}/{tid}/schedstat") as f:
                     total += int(f.read().split()[0])
+                    seen += 1
             except (OSError, ValueError, IndexError):
                 continue
+        if not seen:
+            raise RuntimeError(f"no readable {base}/*/schedstat")
         return total
 
     def peak_rss_kb(self) -> int:

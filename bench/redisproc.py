@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import IO
 
-Arg = str | bytes | int
+Arg = str | bytes | int | float
 Reply = bytes | int | str | list["Reply"] | None
 
 
@@ -31,7 +31,7 @@ def encode(*args: Arg) -> bytes:
     """One command in RESP, ready to send."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, int):
+        if isinstance(arg, int | float):
             arg = str(arg)
         if isinstance(arg, str):
             arg = arg.encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -14,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.daemon import STANDIN_DAEMON_CMD, Daemon, TaskSpec
+from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Daemon, TaskSpec
 from bench.inotify import CreationWatcher
-from bench.redisproc import CommandMeter, RedisServer, RespClient, encode
+from bench.redisproc import Arg, CommandMeter, RedisServer, RespClient, encode
 
 TRUE = "/bin/true"
 TOUCH = "/usr/bin/touch"
@@ -54,11 +55,14 @@ class Bench:
     """What every scenario shares: the private Redis, the daemon command, options."""
 
     daemon_cmd: str
-    quick: bool = False
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="goophry-bench-"))
     redis: RedisServer | None = None
     client: RespClient | None = None
     notes: list[str] = field(default_factory=list)
+    #: Keep workdir (Redis and daemon logs) at exit, e.g. after an error.
+    keep: bool = False
+    #: (exit code, seconds to exit) of each daemon stopped with SIGTERM.
+    stops: list[tuple[int | None, float]] = field(default_factory=list)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     def __enter__(self) -> Bench:
@@ -72,6 +76,10 @@ class Bench:
             self.client.close()
         if self.redis:
             self.redis.stop()
+        if self.keep:
+            self.log(f"logs kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def rc(self) -> RespClient:
@@ -95,9 +103,13 @@ class Bench:
             yield d
         finally:
             d.stop()
+            if cmd is None:
+                self.stops.append((d.exit_code, d.stop_s))
             self.rc.call("FLUSHALL")
             label = "reference spawner" if cmd == STANDIN_DAEMON_CMD else "daemon"
             for note in d.notes:
+                if cmd is not None and note == NO_STATS:
+                    continue  # expected of the reference, and it times no drains
                 if f"{label}: {note}" not in self.notes:
                     self.notes.append(f"{label}: {note}")
                     self.log(f"  note: {label}: {note}")
@@ -112,7 +124,7 @@ class Bench:
         """Push all entries at once and time the daemon until it has finished them."""
         n = sum(len(v) for v in pushes.values())
         keys = [f"{d.queue_key}:{t}" for t in pushes]
-        cmds = [
+        cmds: list[list[Arg]] = [
             ["RPUSH", k, *v[i : i + 1000]]
             for k, v in zip(keys, pushes.values(), strict=True)
             for i in range(0, len(v), 1000)
@@ -128,17 +140,19 @@ class Bench:
         deadline = t0 + timeout
         while time.monotonic() < deadline:
             if count_children:
-                peak_children = max(peak_children, len(d.ps.children()) if d.ps else 0)
+                peak_children = max(peak_children, len(d.children()))
             if not any(self.rc.pipeline([["LLEN", k] for k in keys])):
                 break
             time.sleep(POLL_S)
         counts = base
         while time.monotonic() < deadline:
+            if count_children:
+                peak_children = max(peak_children, len(d.children()))
             if base is not None:
                 counts = d.counts()
                 if counts is not None and counts.finished - base.finished >= n:
                     break
-            elif d.ps is not None and not d.ps.children():
+            elif not d.children():
                 break
             time.sleep(TAIL_POLL_S)
         else:
@@ -262,7 +276,7 @@ def throughput(b: Bench, workers: Sequence[int], n: int, repeats: int) -> dict[s
     return {"method": METHOD, "n": n, "repeats": repeats, "by_workers": by_workers}
 
 
-def cost(b: Bench, tput: dict[str, Any]) -> dict[str, Any]:
+def cost(tput: dict[str, Any]) -> dict[str, Any]:
     """Per-task cost, read from throughput runs: CPU, Redis commands, peak RSS."""
     out: dict[str, Any] = {"go_original_cpu_per_1000_s": [0.15, 0.26], "by_workers": {}}
     for w, r in tput["by_workers"].items():
@@ -287,6 +301,12 @@ def cost(b: Bench, tput: dict[str, Any]) -> dict[str, Any]:
 def idle(
     b: Bench, types: int, seconds: float, workers: int = 8, settle: float = 3.0
 ) -> dict[str, Any]:
+    """Idle CPU and Redis traffic with 1 and with `types` task types: polling would grow."""
+    by_types = {str(t): _idle(b, t, seconds, workers, settle) for t in sorted({1, types})}
+    return {"types": types, "workers": workers, "settle_s": settle, "by_types": by_types}
+
+
+def _idle(b: Bench, types: int, seconds: float, workers: int, settle: float) -> dict[str, Any]:
     """Daemon CPU and Redis traffic with `types` task types and nothing to do."""
     tasks = [TaskSpec(f"t{i}", TRUE, workers) for i in range(types)]
     with b.daemon(tasks) as d:
@@ -301,10 +321,7 @@ def idle(
     blocking = sum(v for k, v in commands.items() if k in BLOCKING)
     other = sum(v for k, v in commands.items() if k not in BLOCKING)
     return {
-        "types": types,
-        "workers": workers,
         "seconds": wall,
-        "settle_s": settle,
         "cpu_percent": 100 * (ns1 - ns0) / 1e9 / wall,
         "cpu_percent_ticks": 100 * (cpu1 - cpu0) / wall,
         "commands_per_s": sum(commands.values()) / wall,
@@ -336,7 +353,7 @@ def _latency_run(
     end = time.monotonic_ns() + 3_000_000_000
     while time.monotonic_ns() < end and not all(n in watcher.created for n in names):
         watcher.wait(0.05)
-    lat = [(watcher.created[n] - pushed[n]) / 1e6 for n in names if n in watcher.created]
+    lat = [round((watcher.created[n] - pushed[n]) / 1e6, 4) for n in names if n in watcher.created]
     return {"samples_ms": lat, "missing": samples - len(lat)}
 
 

@@ -23,7 +23,7 @@ INVALID: list[bytes] = [
     b'"just a string"',
     b"",
     b'{"Args":["caf\xe9"]}',  # Latin-1, not UTF-8
-    b"\xff\xfe\x00raw",
+    b"\xff\xferaw",
 ]
 
 
