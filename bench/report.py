@@ -14,6 +14,8 @@ RATIO_NOISE = 0.03
 #: every few seconds, per daemon (not per type); and the slack between two 10 s
 #: windows caught at different heartbeat phases.
 HEARTBEAT_PER_S = 2.0
+#: Cores taken by other processes during a timed run above which figures are suspect.
+BUSY_CORES = 0.25
 HEARTBEAT_PHASE_PER_S = 0.5
 
 
@@ -112,6 +114,21 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             for k, r in scn.get(name, {}).get(group, {}).items():
                 if r["failed"]:
                     out.append(_target(f"{name} {k}: failed tasks", r["failed"], "== 0", False))
+    busy = [
+        r["other_load_cores"]
+        for name, group in (("throughput", "by_workers"), ("scale", "by_types"))
+        for r in scn.get(name, {}).get(group, {}).values()
+    ]
+    if busy:
+        worst = max(busy)
+        out.append(
+            _target(
+                "other load during timed runs (cores)",
+                worst,
+                f"<= {BUSY_CORES}",
+                worst <= BUSY_CORES,
+            )
+        )
     return out
 
 
@@ -153,13 +170,14 @@ def render(doc: dict[str, Any]) -> str:
                 r["ours_rate"],
                 r["ratio"],
                 " ".join(f"{x:.2f}" for x in r["pair_ratios"]),
+                r["other_load_cores"],
             ]
             for w, r in t["by_workers"].items()
         ]
         parts.append(
             _table(
                 f"throughput: N={t['n']} /bin/true, {t['repeats']} alternations",
-                ["Workers", "raw/s", "ours/s", "ratio", "per pair"],
+                ["Workers", "raw/s", "ours/s", "ratio", "per pair", "other load"],
                 rows,
             )
         )
@@ -247,18 +265,32 @@ def render(doc: dict[str, Any]) -> str:
     if "scale" in scn:
         s = scn["scale"]
         rows = [
-            [f"{t} types", r["concurrency"], r["raw_rate"], r["ours_rate"], r["ratio"]]
+            [
+                f"{t} types",
+                r["concurrency"],
+                r["raw_rate"],
+                r["ours_rate"],
+                r["ratio"],
+                r["other_load_cores"],
+            ]
             for t, r in s["by_types"].items()
         ]
         a = s["alive"]
         rows.append(
-            [f"{a['children']} alive", a["concurrency"], a["raw_rate"], a["ours_rate"], a["ratio"]]
+            [
+                f"{a['children']} alive",
+                a["concurrency"],
+                a["raw_rate"],
+                a["ours_rate"],
+                a["ratio"],
+                a["other_load_cores"],
+            ]
         )
         parts.append(
             _table(
                 f"scale: Workers {s['workers_per_type']} per type; alive: {a['script']}, "
                 f"ideal {a['ideal_rate']:.0f}/s, peak children seen {a['peak_children']}",
-                ["case", "raw conc.", "raw/s", "ours/s", "ratio"],
+                ["case", "raw conc.", "raw/s", "ours/s", "ratio", "other load"],
                 rows,
             )
         )
@@ -272,6 +304,11 @@ def render(doc: dict[str, Any]) -> str:
         for t in doc["targets"]
     ]
     parts.append(_table("targets", ["target", "value", "limit", ""], rows))
+    parts.append(
+        "\nother load: cores used by processes outside the benchmark during a timed run (max). "
+        f"Above {BUSY_CORES} the ratios are unreliable: a busy machine favours the daemon's "
+        "threads over the single-threaded raw loop."
+    )
     parts.append("\ntimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in doc["timings_s"].items()))
     if doc["errors"]:
         parts.append("ERRORS:\n" + "\n".join(f"  - {k}: {v}" for k, v in doc["errors"].items()))
@@ -321,7 +358,8 @@ def plot(doc: dict[str, Any], path: str) -> str:
         ax1.set_xlabel("Workers (raw: same concurrency)")
         ax1.set_ylabel("tasks/s (/bin/true)")
         ax1.set_title("throughput (label: ratio to raw)")
-        ax1.legend(loc="lower right")
+        ax1.set_ylim(0, max(raw + ours) * 1.25)
+        ax1.legend(loc="upper left")
     lat = scn.get("latency")
     if lat:
         labels = {"ours": "goophry", "blpop": "plain BLPOP spawner", "floor": "bare spawn"}

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
 from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Daemon, TaskSpec
 from bench.inotify import CreationWatcher
 from bench.redisproc import Arg, CommandMeter, RedisServer, RespClient, encode
@@ -184,6 +186,34 @@ class Bench:
             result["peak_children"] = peak_children
         return result
 
+    @contextmanager
+    def other_load(self, d: Daemon) -> Iterator[Callable[[], float]]:
+        """Measure the CPU that processes outside the benchmark used during a block.
+
+        Busy CPU of the machine minus that of the harness (and the children it
+        waited for, e.g. the raw loop), the daemon (and its reaped scripts) and
+        Redis: the cores other work took, averaged over the block.
+        """
+        assert self.redis is not None and self.redis.proc is not None and d.ps is not None
+        ours = [psutil.Process(self.redis.proc.pid), d.ps]
+
+        def snap() -> tuple[float, float, float]:
+            t = psutil.cpu_times()
+            busy = t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+            h = os.times()
+            own = h.user + h.system + h.children_user + h.children_system
+            for p in ours:
+                c = p.cpu_times()
+                own += c.user + c.system + c.children_user + c.children_system
+            return busy, own, time.monotonic()
+
+        before = snap()
+        result = [float("nan")]
+        yield lambda: result[0]
+        after = snap()
+        wall = after[2] - before[2]
+        result[0] = max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall
+
     def raw(self, n: int, concurrency: int, argv: Sequence[str] = (TRUE,)) -> dict[str, Any]:
         """One run of the raw posix_spawn loop, in a fresh process."""
         out = subprocess.run(
@@ -236,8 +266,12 @@ def _compare(
         if warmup:
             b.drain(d, {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()})
         for _ in range(repeats):
-            raws.append(b.raw(n, concurrency, argv))
-            ours.append(b.drain(d, pushes, count_children=count_children))
+            with b.other_load(d) as load:
+                raws.append(b.raw(n, concurrency, argv))
+            raws[-1]["other_load_cores"] = load()
+            with b.other_load(d) as load:
+                ours.append(b.drain(d, pushes, count_children=count_children))
+            ours[-1]["other_load_cores"] = load()
     raw_rate = median([r["rate"] for r in raws])
     our_rate = median([r["rate"] for r in ours])
     out: dict[str, Any] = {
@@ -253,6 +287,7 @@ def _compare(
         "commands_per_task": median([o["commands_per_task"] for o in ours]),
         "peak_rss_kb": max(o["peak_rss_kb"] for o in ours),
         "failed": sum(o.get("failed", 0) + o.get("invalid", 0) for o in ours),
+        "other_load_cores": max(x["other_load_cores"] for x in raws + ours),
         "runs": {"raw": raws, "ours": ours},
     }
     if count_children:

@@ -1,0 +1,178 @@
+"""Starting, stopping and signals: nothing is lost, and a clean stop exits 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DaemonProcess, wait_for
+from tests.integration.conftest import Goophry
+
+pytestmark = pytest.mark.integration
+
+HOWS = ["twistd", "tac", "cli"]
+
+TWISTD_EXITS_BY_SIGNAL = pytest.mark.xfail(
+    strict=True,
+    reason="twistd re-raises the SIGTERM it stopped on (twisted.scripts.twistd.runApp "
+    "calls app._exitWithSignal(reactor._exitSignal)), so the exit status is -15, not 0",
+)
+
+
+def clean_exit(how: str) -> set[int]:
+    """Exit statuses accepted on SIGTERM outside the test that pins the exit status.
+
+    Under twistd the status is -SIGTERM until the bug that
+    ``test_a_stop_signal_exits_with_status_zero`` pins is fixed.
+    """
+    return {0} if how == "cli" else {0, -signal.SIGTERM}
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+) -> None:
+    out = tmp_path / "out"
+    script = goophry.script("t.sh", f'printf "%s" "$1" > {out}')
+    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
+    daemon = goophry.started(run_daemon(cfg, how=how))
+    goophry.push_args("t", how)
+    wait_for(out.exists, message=lambda: daemon.log_text())
+    assert out.read_text() == how
+
+    code = daemon.terminate()
+    log = daemon.log_text()
+    assert code in clean_exit(how), log
+    assert "stopping: no more entries taken" in log
+    assert "Traceback" not in log
+    assert goophry.inflight_keys() == []
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("twistd", marks=TWISTD_EXITS_BY_SIGNAL),
+        pytest.param("tac", marks=TWISTD_EXITS_BY_SIGNAL),
+        "cli",
+    ],
+)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_exits_with_status_zero(
+    goophry: Goophry,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+    signum: int,
+) -> None:
+    script = goophry.script("t.sh", "true")
+    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
+    daemon = goophry.started(run_daemon(cfg, how=how))
+    daemon.signal(signum)
+    assert daemon.wait() == 0, daemon.log_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [1, 2], ids=["one-signal", "second-signal"])
+@pytest.mark.parametrize("how", ["twistd", "cli"])
+def test_sigterm_lets_the_running_task_finish_and_loses_nothing(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    stats_address: str,
+    how: str,
+    signals: int,
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = goophry.script(
+        "two-seconds.sh", f"touch {marks}/started-$1\nsleep 2\ntouch {marks}/finished-$1"
+    )
+    cfg = write_config(
+        Tasks=[{"Type": "t", "Script": str(script), "Workers": 1}],
+        FailedTasksTTL=60,
+        StatsInterface=stats_address,
+    )
+    payloads = [json.dumps({"Args": [name]}) for name in ("first", "second", "third")]
+    goophry.push("t", *payloads)
+    daemon = goophry.started(run_daemon(cfg, how=how))
+    started = marks / "started-first"
+    wait_for(started.exists, message=lambda: daemon.log_text())
+    [inflight] = goophry.inflight_keys()
+    assert goophry.redis.cli("LRANGE", inflight, 0, -1) == [payloads[0].encode()]
+
+    daemon.signal(signal.SIGTERM)
+    if signals == 2:
+        daemon.wait_for_log("stopping: no more entries taken")
+        daemon.signal(signal.SIGTERM)
+    code = daemon.wait(10)
+    log = daemon.log_text()
+    assert code in clean_exit(how), log
+
+    if signals == 1:
+        # The running task ran to its end; the others were never taken.
+        assert sorted(p.name for p in marks.iterdir()) == ["finished-first", "started-first"]
+        left = payloads[1:]
+    else:
+        # A second signal stops the running script; its entry goes back to the head.
+        assert "finished-first" not in {p.name for p in marks.iterdir()}
+        left = payloads
+    assert goophry.redis.cli("LRANGE", goophry.queue("t"), 0, -1) == [p.encode() for p in left]
+    assert goophry.inflight_keys() == []
+    assert goophry.redis.cli("EXISTS", goophry.failed_key("t")) == 0
+    assert "Traceback" not in log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a stop while a Redis connection is being prepared (CLIENT SETNAME/ID sent, no "
+    "reply yet) cancels RedisLink._prepare; its errback logs a false 'Redis ... unreachable' "
+    "and loseConnection()s, and the later connectionLost reaches ClientService in state "
+    "Stopped: automat NoTransition, logged as 'Unhandled Error' with a traceback",
+)
+@pytest.mark.parametrize("how", ["twistd", "cli"])
+def test_a_stop_while_redis_has_not_answered_yet_is_clean(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+) -> None:
+    """The same race that a stop right after the start sometimes hits, made certain."""
+    # A "Redis" that accepts connections (the kernel does, from the backlog) but never answers.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(16)
+        address = f"127.0.0.1:{mute.getsockname()[1]}"
+        script = goophry.script("t.sh", "true")
+        cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}], RedisAddress=address)
+        daemon = goophry.started(run_daemon(cfg, how=how))
+        # Its links have connected and sent their first commands.
+        wait_for(lambda: _backlog(mute) >= 2, message="the daemon's links to connect")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait()
+        log = daemon.log_text()
+    assert "Unhandled Error" not in log, log
+    assert "Traceback" not in log, log
+
+
+def _backlog(listener: socket.socket) -> int:
+    """How many connections wait in the listener's accept queue (from /proc/net/tcp)."""
+    port = listener.getsockname()[1]
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        # The server's end of each connection: local port is ours, ESTABLISHED.
+        if int(local.split(":")[1], 16) == port and state == "01":
+            count += 1
+    return count
