@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from goophry_tx.config import TaskType
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
-from goophry_tx.redis import ConnectionError, RedisLink, ResponseError
+from goophry_tx.redis import ConnectionError, RedisLink, ResponseError, is_transient
 from goophry_tx.runner import RunningScript, ScriptRunner
 from goophry_tx.stats import TypeCounters
 from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
@@ -200,6 +200,8 @@ class Consumer:
         self._starved = False
         payload = reply if self.atomic or reply is None else reply[1]
         if payload is None:
+            # Timed out on an empty queue: block again rather than poll.
+            self._starved = True
             self._slots.release()
         elif self._stopping:
             # Taken while stopping: not started, so it goes back.
@@ -219,6 +221,9 @@ class Consumer:
             return
         if failure.check(ConnectionError):
             self._blocking.when_connected().addCallback(self._reconcile)
+            return
+        if is_transient(failure):
+            self._retry = self._clock.callLater(0.5, self._reconcile)
             return
         self.log.error(
             "cannot take {type} entries from {queue}: {error}; trying again in 5s",
@@ -257,6 +262,9 @@ class Consumer:
     def _reconcile_failed(self, failure: Failure) -> None:
         if failure.check(ConnectionError):
             self._blocking.when_connected().addCallback(self._reconcile)
+            return
+        if is_transient(failure):
+            self._retry = self._clock.callLater(0.5, self._reconcile)
             return
         self.log.error(
             "cannot check the {type} in-flight list: {error}",

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
-from goophry_tx.redis import Command, ConnectionError, RedisLink
+from goophry_tx.redis import Command, ConnectionError, RedisLink, is_transient
 from goophry_tx.runner import ScriptRunner
 from goophry_tx.task import InvalidEntry, Outcome, Task, error_script_message, failed_entry
 
@@ -116,6 +116,10 @@ class OutcomeStore:
         def retry(failure: Failure) -> None:
             if failure.check(ConnectionError):
                 self._link.when_connected().addCallback(attempt)
+                return
+            if is_transient(failure):
+                # Redis is loading its data, busy with a script, ...
+                self._clock.callLater(self._retry_delay, attempt)
                 return
             # Redis refused (say, WRONGTYPE): retrying will not help.
             self.log.error(

@@ -36,7 +36,3 @@ class Keys:
     def instances(self) -> str:
         """Hash of every registered instance to its description."""
         return f"{self.prefix}:instances"
-
-    def recoveries(self, digest: str) -> str:
-        """How often an entry (by its SHA-1) has been recovered from a dead instance."""
-        return f"{self.prefix}:recovered:{digest}"

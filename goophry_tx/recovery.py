@@ -5,10 +5,13 @@ Each daemon instance registers itself in C{<K>:instances} and keeps the
 key C{<K>:instance:<name>} alive with a heartbeat.  Every beat also finds
 the instances whose key has lapsed; their in-flight entries go back to the
 head of their queues, in one Lua script per dead instance, so several
-instances recovering at once neither duplicate nor drop an entry.  An entry
-recovered C{MaxRecoveries} times (its runs keep killing daemons) is not put
-back: it moves to the recovering instance's in-flight list, to be stored as
-failed with a message that says why.
+instances recovering at once neither duplicate nor drop an entry.  The
+count of recoveries travels in the entry itself (a C{GoophryRecoveries}
+field put first in its JSON object), so identical entries never share it
+and nothing is left behind to clean up.  An entry recovered
+C{MaxRecoveries} times (its runs keep killing daemons) is not put back: it
+moves to the recovering instance's in-flight list, to be stored as failed
+with a message that says why.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
-from goophry_tx.redis import RedisLink
+from goophry_tx.redis import RedisLink, is_transient
 
 # KEYS: none (names are built from the prefix).  ARGV: prefix, own name,
 # heartbeat milliseconds, own record.  Beats, registers, and returns the
@@ -44,21 +47,39 @@ end
 return dead
 """
 
-# ARGV: prefix, dead instance, own name, MaxRecoveries, seconds to keep a
-# recovery count, force (1: the instance is known to be gone).  Puts the dead
-# instance's in-flight entries back at the head of their queues, in their
-# order.  Returns nothing when there was nothing to recover, else how many
-# went back, then the abandoned ones as a flat list: type, entry, count.
+# ARGV: prefix, dead instance, own name, MaxRecoveries, force (1: the
+# instance is known to be gone).  Puts the dead instance's in-flight entries
+# back at the head of their queues, in their order, counting the recovery in
+# the entry itself: {"GoophryRecoveries":N, ...the producer's fields}.  An
+# entry recovered MaxRecoveries times goes to our own in-flight list instead.
+# Returns nothing when there was nothing to recover, else how many went
+# back, then the abandoned ones as a flat list: type, entry, count.
 RECOVER_SCRIPT = """
 local prefix, dead, me = ARGV[1], ARGV[2], ARGV[3]
-local limit, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
-if ARGV[6] ~= '1' and redis.call('EXISTS', prefix .. ':instance:' .. dead) == 1 then
+local limit = tonumber(ARGV[4])
+if ARGV[5] ~= '1' and redis.call('EXISTS', prefix .. ':instance:' .. dead) == 1 then
   return {}
 end
 local record = redis.call('HGET', prefix .. ':instances', dead)
 if not record then return {} end
 local ok, decoded = pcall(cjson.decode, record)
 local types = (ok and type(decoded) == 'table' and decoded['types']) or {}
+local mark = '{"GoophryRecoveries":'
+local function count_of(item)
+  if string.sub(item, 1, #mark) == mark then
+    local digits, rest = string.match(item, '^(%d+),(.*)$', #mark + 1)
+    if digits then return tonumber(digits), '{' .. rest end
+    digits = string.match(item, '^(%d+)}$', #mark + 1)
+    if digits then return tonumber(digits), '{}' end
+  end
+  return 0, item
+end
+local function marked(original, n)
+  local body = string.match(original, '^%s*{(.*)$')
+  if not body then return original end
+  if string.match(body, '^%s*}%s*$') then return mark .. n .. '}' end
+  return mark .. n .. ',' .. body
+end
 local result = {'0'}
 local requeued = 0
 for _, t in ipairs(types) do
@@ -66,16 +87,15 @@ for _, t in ipairs(types) do
   local items = redis.call('LRANGE', inflight, 0, -1)
   for i = #items, 1, -1 do
     local item = items[i]
-    local counter = prefix .. ':recovered:' .. redis.sha1hex(item)
-    local count = redis.call('INCR', counter)
-    redis.call('EXPIRE', counter, keep)
+    local count, original = count_of(item)
+    count = count + 1
     if count >= limit then
       redis.call('RPUSH', prefix .. ':' .. t .. ':inflight:' .. me, item)
       result[#result + 1] = t
       result[#result + 1] = item
       result[#result + 1] = tostring(count)
     else
-      redis.call('LPUSH', prefix .. ':' .. t, item)
+      redis.call('LPUSH', prefix .. ':' .. t, marked(original, count))
       requeued = requeued + 1
     end
   end
@@ -101,9 +121,6 @@ redis.call('DEL', prefix .. ':instance:' .. me)
 redis.call('HDEL', prefix .. ':instances', me)
 return 1
 """
-
-# A day: long enough to count the recoveries of an entry that keeps failing.
-RECOVERY_COUNT_SECONDS = 86400
 
 
 def _proc_stat(pid: int) -> list[bytes]:
@@ -138,6 +155,23 @@ def process_alive(pid: int, start_time: str | None) -> bool:
         # Killed, not yet reaped by its parent.
         return False
     return start_time is None or fields[19].decode() == start_time
+
+
+def machine_identity() -> tuple[str, str]:
+    """
+    This boot of this machine, and this pid namespace: pids only mean the
+    same process where both match (containers may share a hostname).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = ""
+    return boot, pidns
 
 
 @attrs.frozen
@@ -184,9 +218,12 @@ class Heartbeat:
         self._on_abandoned = on_abandoned
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
+        self._identity = machine_identity()
         self._record = json.dumps(
             {
                 "host": self.host,
+                "boot": self._identity[0],
+                "pidns": self._identity[1],
                 "pid": self.pid,
                 "start": process_start_time(self.pid),
                 "types": types,
@@ -255,9 +292,7 @@ class Heartbeat:
 
     def _beat_failed(self, failure: Failure) -> None:
         # Redis being away is logged once by the links; anything else here.
-        from goophry_tx.redis import ConnectionError
-
-        if not failure.check(ConnectionError):
+        if not is_transient(failure):
             self.log.error("heartbeat failed: {error}", error=failure.getErrorMessage())
 
     def recover_local(self) -> Deferred[Any]:
@@ -272,9 +307,14 @@ class Heartbeat:
                 try:
                     record = json.loads(raw)
                     host, pid, start = record["host"], int(record["pid"]), record.get("start")
+                    identity = (record.get("boot", ""), record.get("pidns", ""))
                 except (ValueError, KeyError, TypeError):
                     continue
                 if name.decode() == self.instance or host != self.host:
+                    continue
+                if identity != self._identity:
+                    # Another container, or this host before a reboot: its
+                    # heartbeat tells, not its pid.
                     continue
                 if pid == self.pid or not process_alive(pid, start):
                     names.append(name)
@@ -303,7 +343,6 @@ class Heartbeat:
             dead,
             self.instance,
             self._max_recoveries,
-            RECOVERY_COUNT_SECONDS,
             1 if force else 0,
         )
 

@@ -2,11 +2,12 @@
 Connections to Redis that come back by themselves.
 
 Each L{RedisLink} is one connection (txredisapi's protocol, without its
-pool) kept up by a L{ClientService}: reconnecting with capped exponential
-backoff and jitter, authenticating and selecting the database itself on
+pool), reconnected with capped exponential backoff and jitter whenever it is
+lost or cannot be made.  It authenticates and selects the database itself on
 every connect, so that a wrong password fixed on the server's side is picked
-up (txredisapi gives up for good after a failed AUTH, its issue #146).  A
-blocking command gets a link of its own, so it never holds up the others.
+up (txredisapi gives up for good after a failed AUTH, its issue #146), and
+it is only ready once Redis has finished loading its data.  A blocking
+command gets a link of its own, so it never holds up the others.
 """
 
 from __future__ import annotations
@@ -16,24 +17,29 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.application.internet import ClientService
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 ConnectionError = txredisapi.ConnectionError
 ResponseError = txredisapi.ResponseError
 
 Command = Sequence[str | bytes | int | float]
+
+#: Replies that mean "not now" rather than "never": retry after a while.
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_transient(failure: Failure) -> bool:
+    """Whether a failed command may succeed if sent again later."""
+    if failure.check(ConnectionError):
+        return True
+    return bool(failure.check(ResponseError)) and failure.getErrorMessage().startswith(
+        TRANSIENT_ERRORS
+    )
 
 
 class RedisHealth:
@@ -100,26 +106,8 @@ class _Factory(Factory):
         return protocol
 
 
-@implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """An endpoint that tells the link why a connection attempt failed."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, report: Callable[[Failure], None]):
-        self._endpoint = endpoint
-        self._report = report
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        d: Deferred[IProtocol] = self._endpoint.connect(factory)
-
-        def failed(failure: Failure) -> Failure:
-            self._report(failure)
-            return failure
-
-        return d.addErrback(failed)
-
-
 def backoff(initial: float = 0.1, maximum: float = 5.0) -> Callable[[int], float]:
-    """Capped exponential backoff with jitter, for ClientService's retryPolicy."""
+    """Capped exponential backoff with jitter: seconds before attempt N."""
 
     def policy(attempt: int) -> float:
         delay = min(maximum, initial * 2.0 ** min(attempt, 32))
@@ -151,7 +139,7 @@ class RedisLink(Service):
         retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         self._clock = clock
-        self._endpoint = _ReportingEndpoint(endpoint, self._attempt_failed)
+        self._endpoint = endpoint
         self._health = health
         self.link_name = name
         self._password = password
@@ -159,29 +147,133 @@ class RedisLink(Service):
         self._db = db
         self._client_name = client_name
         self._retry_policy = retry_policy or backoff()
+        self._failures = 0
+        self._attempt: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        self._connection: _Protocol | None = None
         self._protocol: _Protocol | None = None
-        self._client: ClientService | None = None
         self._waiting: list[Deferred[None]] = []
+        self._closed: list[Deferred[None]] = []
         #: Redis's id for this connection (CLIENT ID), for CLIENT UNBLOCK.
         self.client_id: bytes | None = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        self._client = ClientService(
-            self._endpoint,
-            _Factory(self),
-            retryPolicy=self._retry_policy,
-            clock=self._clock,
-            prepareConnection=self._prepare,
-        )
-        self._client.startService()
+        self._connect()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         super().stopService()
-        client, self._client = self._client, None
-        if client is None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        connection = self._connection
+        if connection is None or connection.transport is None:
             return succeed(None)
-        return client.stopService()
+        closed: Deferred[None] = Deferred()
+        self._closed.append(closed)
+        connection.transport.loseConnection()
+        return closed
+
+    # Connecting
+
+    def _connect(self) -> None:
+        self._retry = None
+        if not self.running:
+            return
+        attempt: Deferred[Any] = self._endpoint.connect(_Factory(self))
+        self._attempt = attempt
+        attempt.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if failure.check(CancelledError) or not self.running:
+            return
+        self._health.down(self.link_name, failure.getErrorMessage())
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.running and self._retry is None:
+            self._failures += 1
+            delay = self._retry_policy(self._failures)
+            self._retry = self._clock.callLater(delay, self._connect)
+
+    def _connected(self, protocol: _Protocol) -> Deferred[None]:
+        self._attempt = None
+        self._connection = protocol
+        transport = protocol.transport
+        if transport is not None and hasattr(transport, "setTcpKeepAlive"):
+            transport.setTcpKeepAlive(1)
+        d = self._prepare(protocol)
+        d.addCallbacks(
+            self._ready, self._refused, callbackArgs=(protocol,), errbackArgs=(protocol,)
+        )
+        return d
+
+    def _prepare(self, protocol: _Protocol) -> Deferred[Any]:
+        """AUTH, SELECT, name the connection, learn its id; wait out LOADING."""
+
+        def run(*command: str | bytes | int) -> Deferred[Any]:
+            d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
+            return d
+
+        d: Deferred[Any] = succeed(None)
+        if self._password is not None:
+            if self._username is not None:
+                d.addCallback(lambda _: run("AUTH", self._username or "", self._password or ""))
+            else:
+                d.addCallback(lambda _: run("AUTH", self._password or ""))
+        if self._db:
+            d.addCallback(lambda _: run("SELECT", self._db))
+        d.addCallback(lambda _: run("INFO", "persistence"))
+
+        def loaded(info: bytes) -> None:
+            if b"loading:1" in info:
+                raise ResponseError("LOADING Redis is loading the dataset in memory")
+
+        d.addCallback(loaded)
+        if self._client_name:
+            d.addCallback(lambda _: run("CLIENT", "SETNAME", self._client_name or ""))
+        d.addCallback(lambda _: run("CLIENT", "ID"))
+        return d
+
+    def _ready(self, client_id: bytes, protocol: _Protocol) -> None:
+        if protocol is not self._connection or not self.running:
+            return
+        self.client_id = client_id
+        self._protocol = protocol
+        self._failures = 0
+        self._health.up(self.link_name)
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.callback(None)
+
+    def _refused(self, failure: Failure, protocol: _Protocol) -> None:
+        # A wrong password or database, Redis still loading: drop this
+        # connection; losing it schedules the next attempt.
+        if self.running:
+            self._health.down(self.link_name, failure.getErrorMessage())
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+
+    def _lost(self, protocol: _Protocol, why: Failure) -> None:
+        if protocol is not self._connection:
+            return
+        was_ready = self._protocol is protocol
+        self._connection = None
+        self._protocol = None
+        self.client_id = None
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
+        if not self.running:
+            return
+        if was_ready:
+            self._health.down(self.link_name, f"connection lost: {why.getErrorMessage()}")
+        self._schedule()
+
+    # Using it
 
     @property
     def connected(self) -> bool:
@@ -239,53 +331,3 @@ class RedisLink(Service):
             return list(replies)
 
         return result.addCallback(check)
-
-    def _prepare(self, proxy: IProtocol) -> Deferred[None]:
-        protocol: _Protocol = getattr(proxy, "_protocol", proxy)  # type: ignore[arg-type]
-        transport = protocol.transport
-        if transport is not None and hasattr(transport, "setTcpKeepAlive"):
-            transport.setTcpKeepAlive(1)
-
-        def run(*command: str | bytes | int) -> Deferred[Any]:
-            d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
-            return d
-
-        d: Deferred[Any] = succeed(None)
-        if self._password is not None:
-            if self._username is not None:
-                d.addCallback(lambda _: run("AUTH", self._username or "", self._password or ""))
-            else:
-                d.addCallback(lambda _: run("AUTH", self._password or ""))
-        if self._db:
-            d.addCallback(lambda _: run("SELECT", self._db))
-        if self._client_name:
-            d.addCallback(lambda _: run("CLIENT", "SETNAME", self._client_name or ""))
-        d.addCallback(lambda _: run("CLIENT", "ID"))
-
-        def ready(client_id: bytes) -> None:
-            self.client_id = client_id
-            self._protocol = protocol
-            self._health.up(self.link_name)
-            waiting, self._waiting = self._waiting, []
-            for w in waiting:
-                w.callback(None)
-
-        def refused(failure: Failure) -> Failure:
-            # A wrong password or database: drop this connection and let
-            # the service try again later, as for any other failure.
-            self._health.down(self.link_name, failure.getErrorMessage())
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
-            return failure
-
-        return d.addCallbacks(ready, refused)
-
-    def _attempt_failed(self, failure: Failure) -> None:
-        self._health.down(self.link_name, failure.getErrorMessage())
-
-    def _lost(self, protocol: _Protocol, why: Failure) -> None:
-        if self._protocol is protocol:
-            self._protocol = None
-            self.client_id = None
-            if self.running:
-                self._health.down(self.link_name, f"connection lost: {why.getErrorMessage()}")

@@ -178,6 +178,8 @@ class GoophryService(MultiService):
             self.log.warn("{warning}", warning=warning)
         self._started = Deferred()
         self._stopping = False
+        self._stopped_cleanly = False
+        self._reactor.addSystemEventTrigger("after", "shutdown", self._forget_exit_signal)
         self._begin()
         self._reactor.callWhenRunning(self._watch_signals)
 
@@ -198,6 +200,14 @@ class GoophryService(MultiService):
                     previous(num, frame)
 
             signal.signal(number, handler)
+
+    def _forget_exit_signal(self) -> None:
+        """
+        twistd ends with the signal it was stopped by (exit status -15);
+        a stop that finished its work cleanly exits 0, as the original did.
+        """
+        if self._stopped_cleanly and hasattr(self._reactor, "_exitSignal"):
+            self._reactor._exitSignal = None
 
     def _stop_scripts(self, why: str) -> None:
         self.log.info("{why}: stopping the running scripts now", why=why)
@@ -315,6 +325,7 @@ class GoophryService(MultiService):
 
     def _close_spawner(self, result: object) -> object:
         self.spawner.close()
+        self._stopped_cleanly = True
         return result
 
     def when_started(self) -> Deferred[None]:

@@ -138,9 +138,12 @@ def start_error(script: str, error: BaseException) -> str:
 
 
 def error_script_message(script: str, args: tuple[str, ...], error: str) -> str:
-    """The one argument ErrorScript gets, in the original's format."""
+    """
+    The one argument ErrorScript gets, in the original's format.  A NUL
+    byte cannot be passed in an argument: it is shown as C{\\x00}.
+    """
     quoted = "".join(f' "{arg}"' for arg in args)
-    return f"{script}{quoted}\n\n{error}"
+    return f"{script}{quoted}\n\n{error}".replace("\0", "\\x00")
 
 
 def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:

@@ -51,8 +51,8 @@ def server_tls_options(cert_file: str, key_file: str, source: str) -> Certificat
 
     context = SSL.Context(SSL.TLS_METHOD)
     context.use_certificate(chain[0].to_cryptography())
-    context.use_privatekey(key.to_cryptography_key())  # type: ignore[arg-type]
     try:
+        context.use_privatekey(key.to_cryptography_key())  # type: ignore[arg-type]
         context.check_privatekey()
     except SSL.Error:
         raise fail(

@@ -37,14 +37,8 @@ BACK = "is back after"
 
 
 def clean_exit(signum: int = signal.SIGTERM) -> set[int]:
-    """The exit statuses of a clean stop on ``signum``.
-
-    SPEC §5 says 0, but twistd re-raises the signal it stopped on
-    (twisted.scripts.twistd.runApp calls app._exitWithSignal), so under twistd
-    the status is -signum for now; tests/integration/test_lifecycle.py pins
-    that bug strictly. Here the point is that nothing is lost: both pass.
-    """
-    return {0, -signum}
+    """The exit statuses of a clean stop on ``signum``: 0 (SPEC §5)."""
+    return {0}
 
 
 class Rig:

@@ -140,11 +140,6 @@ def test_nul_byte_in_an_argument_is_a_failure_that_keeps_its_args(
     assert not ran.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ErrorScript's one argument carries the entry's NUL byte, so ErrorScript "
-    "itself cannot be started and is never told (only an 'ErrorScript failed' log line)",
-)
 @pytest.mark.parametrize(
     ("payload", "error"),
     [

@@ -17,20 +17,10 @@ pytestmark = pytest.mark.integration
 
 HOWS = ["twistd", "tac", "cli"]
 
-TWISTD_EXITS_BY_SIGNAL = pytest.mark.xfail(
-    strict=True,
-    reason="twistd re-raises the SIGTERM it stopped on (twisted.scripts.twistd.runApp "
-    "calls app._exitWithSignal(reactor._exitSignal)), so the exit status is -15, not 0",
-)
-
 
 def clean_exit(how: str) -> set[int]:
-    """Exit statuses accepted on SIGTERM outside the test that pins the exit status.
-
-    Under twistd the status is -SIGTERM until the bug that
-    ``test_a_stop_signal_exits_with_status_zero`` pins is fixed.
-    """
-    return {0} if how == "cli" else {0, -signal.SIGTERM}
+    """A clean stop exits 0, however the daemon was started."""
+    return {0}
 
 
 @pytest.mark.parametrize("how", HOWS)
@@ -60,8 +50,8 @@ def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param("twistd", marks=TWISTD_EXITS_BY_SIGNAL),
-        pytest.param("tac", marks=TWISTD_EXITS_BY_SIGNAL),
+        "twistd",
+        "tac",
         "cli",
     ],
 )
@@ -132,13 +122,6 @@ def test_sigterm_lets_the_running_task_finish_and_loses_nothing(
     assert "Traceback" not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stop while a Redis connection is being prepared (CLIENT SETNAME/ID sent, no "
-    "reply yet) cancels RedisLink._prepare; its errback logs a false 'Redis ... unreachable' "
-    "and loseConnection()s, and the later connectionLost reaches ClientService in state "
-    "Stopped: automat NoTransition, logged as 'Unhandled Error' with a traceback",
-)
 @pytest.mark.parametrize("how", ["twistd", "cli"])
 def test_a_stop_while_redis_has_not_answered_yet_is_clean(
     goophry: Goophry,

@@ -25,14 +25,7 @@ def _contains(path: Path, text: str) -> bool:
         ("cli", "Logfile"),
         ("twistd", "-l"),
         ("twistd", "Logfile"),
-        pytest.param(
-            "tac",
-            "Logfile",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="goophry.tac ignores the config's Logfile: the log stays on stdout",
-            ),
-        ),
+        ("tac", "Logfile"),
     ],
 )
 def test_log_goes_to_the_file_and_is_reopened_on_sigusr1(

@@ -233,12 +233,6 @@ def _refused(daemon: DaemonProcess, setting: str) -> str:
     return log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tls.py: context.use_privatekey() already raises SSL.Error('key values "
-    "mismatch') on OpenSSL 3, outside the try around check_privatekey(): the daemon "
-    "exits with a raw OpenSSL error (a traceback under twistd) that names no setting",
-)
 @pytest.mark.parametrize("how", ["twistd", "cli"])
 def test_a_key_that_does_not_match_the_certificate_stops_the_start(
     goophry: Goophry,
@@ -293,14 +287,7 @@ def test_an_unreadable_certificate_stops_the_start(
     "how",
     [
         "twistd",
-        pytest.param(
-            "tac",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="goophry.tac lets ConfigError escape: twistd logs 'Unhandled Error' "
-                "with a traceback before 'Failed to load application: <message>'",
-            ),
-        ),
+        "tac",
     ],
 )
 def test_twistd_refuses_a_bad_certificate_without_a_traceback(
