@@ -25,6 +25,12 @@ from goophry_tx.redis import Command, ConnectionError, RedisLink, is_transient
 from goophry_tx.runner import ScriptRunner
 from goophry_tx.task import InvalidEntry, Outcome, Task, error_script_message, failed_entry
 
+# Removes each finished entry (ARGV) once from the in-flight list (KEYS[1]).
+REMOVE_SCRIPT = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
+return #ARGV
+"""
+
 
 class OutcomeStore:
     """Writes what became of each entry taken from a queue."""
@@ -47,6 +53,8 @@ class OutcomeStore:
         self._clock = clock
         self._retry_delay = retry_delay
         self._pending: set[Deferred[None]] = set()
+        self._finished: dict[str, list[bytes]] = {}
+        self._removing: set[str] = set()
         #: Payloads taken from each type's queue whose outcome is not written yet.
         self.unwritten: dict[str, collections.Counter[bytes]] = collections.defaultdict(
             collections.Counter
@@ -59,11 +67,60 @@ class OutcomeStore:
     def _inflight(self, task_type: str) -> str:
         return self._keys.inflight(task_type, self._instance)
 
-    def succeeded(self, task: Task) -> Deferred[None]:
-        """Forget a finished entry."""
-        return self._write(
-            task.type, task.payload, [("LREM", self._inflight(task.type), -1, task.payload)], False
-        )
+    def succeeded(self, task: Task) -> None:
+        """
+        Forget a finished entry.  While a removal of this type is on its
+        way, the next ones wait and go together, in one script.
+        """
+        self.unwritten[task.type][task.payload] += 1
+        waiting = self._finished.setdefault(task.type, [])
+        waiting.append(task.payload)
+        if task.type not in self._removing:
+            self._remove_finished(task.type)
+
+    def _remove_finished(self, task_type: str) -> None:
+        payloads, self._finished[task_type] = self._finished[task_type], []
+        self._removing.add(task_type)
+        inflight = self._inflight(task_type)
+        done: Deferred[None] = Deferred()
+        self._pending.add(done)
+
+        def attempt(_: object = None) -> None:
+            if len(payloads) == 1:
+                d: Deferred[Any] = self._link.execute("LREM", inflight, -1, payloads[0])
+            else:
+                d = self._link.execute("EVAL", REMOVE_SCRIPT, 1, inflight, *payloads)
+            d.addCallbacks(written, retry)
+
+        def written(_: object) -> None:
+            self._pending.discard(done)
+            unwritten = self.unwritten[task_type]
+            for payload in payloads:
+                unwritten[payload] -= 1
+                if unwritten[payload] <= 0:
+                    del unwritten[payload]
+            self._removing.discard(task_type)
+            done.callback(None)
+            if self._finished[task_type]:
+                self._remove_finished(task_type)
+
+        def retry(failure: Failure) -> None:
+            if failure.check(ConnectionError):
+                self._link.when_connected().addCallback(attempt)
+            elif is_transient(failure):
+                self._clock.callLater(self._retry_delay, attempt)
+            else:
+                self.log.error(
+                    "cannot remove finished {type} entries from {key}: {error}; they stay "
+                    "there, to run again when this instance is gone: {payloads!r}",
+                    type=task_type,
+                    key=inflight,
+                    error=failure.getErrorMessage(),
+                    payloads=payloads,
+                )
+                written(None)
+
+        attempt()
 
     def failed(self, task: Task | InvalidEntry, error: str) -> Deferred[None]:
         """Move an entry to its failed list (or log it in full if none is kept)."""

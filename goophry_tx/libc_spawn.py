@@ -13,6 +13,7 @@ built once.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import os
@@ -110,6 +111,10 @@ class LibcSpawner:
         libc.posix_spawnattr_setflags(self._attr, _SETPGROUP | _SETSIGDEF | _SETSIGMASK)
         self._jobs: queue.SimpleQueue[tuple[bytes, list[bytes], int, Callable[..., object]] | None]
         self._jobs = queue.SimpleQueue()
+        # Results wait here; the caller's thread is woken once per batch.
+        self._results: collections.deque[tuple[Callable[..., object], int, int]]
+        self._results = collections.deque()
+        self._wake_pending = False
         self._threads = [
             threading.Thread(target=self._work, name=f"goophry-spawn-{i}", daemon=True)
             for i in range(threads)
@@ -149,7 +154,19 @@ class LibcSpawner:
             )
             libc.posix_spawn_file_actions_destroy(actions)
             os.close(out_fd)
-            self._deliver(done, pid.value if error == 0 else 0, error)
+            self._results.append((done, pid.value if error == 0 else 0, error))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._deliver(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """In the caller's thread: pass on every result there is."""
+        # Reset first: a result added from now on wakes us again.
+        self._wake_pending = False
+        results = self._results
+        while results:
+            done, pid, error = results.popleft()
+            done(pid, error)
 
     def close(self) -> None:
         """Let the threads end."""
