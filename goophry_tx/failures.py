@@ -100,9 +100,9 @@ class OutcomeStore:
                 if unwritten[payload] <= 0:
                     del unwritten[payload]
             self._removing.discard(task_type)
-            done.callback(None)
             if self._finished[task_type]:
                 self._remove_finished(task_type)
+            done.callback(None)
 
         def retry(failure: Failure) -> None:
             if failure.check(ConnectionError):
@@ -209,7 +209,6 @@ class OutcomeStore:
         """
         if not self._pending:
             return succeed(0)
-        waiting = DeferredList(list(self._pending), consumeErrors=True)
         result: Deferred[int] = Deferred()
 
         def expire() -> None:
@@ -218,13 +217,17 @@ class OutcomeStore:
 
         timer = self._clock.callLater(timeout, expire)
 
-        def done(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-            if not result.called:
-                result.callback(self.pending)
+        def check(_: object = None) -> None:
+            if result.called:
+                return
+            if self._pending:
+                # Writes finishing may start the next ones: wait for those too.
+                DeferredList(list(self._pending), consumeErrors=True).addBoth(check)
+                return
+            timer.cancel()
+            result.callback(0)
 
-        waiting.addBoth(done)
+        check()
         return result
 
 
