@@ -115,6 +115,11 @@ class LibcSpawner:
         self._results: collections.deque[tuple[Callable[..., object], int, int]]
         self._results = collections.deque()
         self._wake_pending = False
+        # Spawns handed to the threads whose results are not handed back
+        # yet; only the caller's thread counts them.
+        self._busy = 0
+        self._inline_actions = ctypes.create_string_buffer(_OPAQUE)
+        self._inline_pid = ctypes.c_int()
         self._threads = [
             threading.Thread(target=self._work, name=f"goophry-spawn-{i}", daemon=True)
             for i in range(threads)
@@ -128,16 +133,46 @@ class LibcSpawner:
         argv: list[bytes],
         out_fd: int,
         done: Callable[[int, int], object],
+        inline: bool = False,
     ) -> None:
         """
         Start C{executable} with stdout and stderr on C{out_fd}, which is
-        closed afterwards; C{done(pid, error)} is delivered (error 0 or an
-        errno).
+        closed afterwards; C{done(pid, error)} is called (error 0 or an
+        errno).  With C{inline} (the caller is idle) and no spawn under way,
+        this one is made at once, in the caller's thread, which starts it
+        soonest; otherwise it is handed to the threads, and C{done} comes
+        later.
         """
+        if inline and not self._busy:
+            pid, error = self._spawn(
+                self._inline_actions, self._inline_pid, executable, argv, out_fd
+            )
+            done(pid, error)
+            return
+        self._busy += 1
         self._jobs.put((executable, argv, out_fd, done))
 
-    def _work(self) -> None:
+    def _spawn(
+        self,
+        actions: ctypes.Array[ctypes.c_char],
+        pid: ctypes.c_int,
+        executable: bytes,
+        argv: list[bytes],
+        out_fd: int,
+    ) -> tuple[int, int]:
         libc = self._libc
+        libc.posix_spawn_file_actions_init(actions)
+        libc.posix_spawn_file_actions_adddup2(actions, self._stdin_fd, 0)
+        libc.posix_spawn_file_actions_adddup2(actions, out_fd, 1)
+        libc.posix_spawn_file_actions_adddup2(actions, out_fd, 2)
+        error = libc.posix_spawn(
+            ctypes.byref(pid), executable, actions, self._attr, _strings(argv), self._envp
+        )
+        libc.posix_spawn_file_actions_destroy(actions)
+        os.close(out_fd)
+        return (pid.value if error == 0 else 0), error
+
+    def _work(self) -> None:
         actions = ctypes.create_string_buffer(_OPAQUE)
         pid = ctypes.c_int()
         while True:
@@ -145,16 +180,8 @@ class LibcSpawner:
             if job is None:
                 return
             executable, argv, out_fd, done = job
-            libc.posix_spawn_file_actions_init(actions)
-            libc.posix_spawn_file_actions_adddup2(actions, self._stdin_fd, 0)
-            libc.posix_spawn_file_actions_adddup2(actions, out_fd, 1)
-            libc.posix_spawn_file_actions_adddup2(actions, out_fd, 2)
-            error = libc.posix_spawn(
-                ctypes.byref(pid), executable, actions, self._attr, _strings(argv), self._envp
-            )
-            libc.posix_spawn_file_actions_destroy(actions)
-            os.close(out_fd)
-            self._results.append((done, pid.value if error == 0 else 0, error))
+            result = self._spawn(actions, pid, executable, argv, out_fd)
+            self._results.append((done, *result))
             if not self._wake_pending:
                 self._wake_pending = True
                 self._deliver(self._hand_over)
@@ -166,6 +193,7 @@ class LibcSpawner:
         results = self._results
         while results:
             done, pid, error = results.popleft()
+            self._busy -= 1
             done(pid, error)
 
     def close(self) -> None:

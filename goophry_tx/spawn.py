@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, AnyStr
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -90,8 +90,15 @@ class SpawnedProcess:
     Signals go to the child's whole process group, since it leads one.
     """
 
-    def __init__(self, reactor: IReactorFDSet, protocol: IProcessProtocol, out_fd: int) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFDSet,
+        protocol: IProcessProtocol,
+        out_fd: int,
+        on_end: Callable[[], object] | None = None,
+    ) -> None:
         self._reactor = reactor
+        self._on_end = on_end
         self.proto = protocol
         self.pid: int | None = None
         self._pgid: int | None = None
@@ -104,6 +111,8 @@ class SpawnedProcess:
         """The spawn is done: C{pid} runs, or C{error} (an errno) says why not."""
         if error:
             self._close_output()
+            if self._on_end is not None:
+                self._on_end()
             reason = Failure(SpawnError(OSError(error, os.strerror(error))))
             self.proto.processExited(reason)
             self.proto.processEnded(reason)
@@ -180,6 +189,8 @@ class SpawnedProcess:
 
     def _ended(self, status: int) -> None:
         self.pid = None
+        if self._on_end is not None:
+            self._on_end()
         reader, self._exit = self._exit, None
         if reader is not None:
             self._reactor.removeReader(reader)  # type: ignore[arg-type]
@@ -268,6 +279,8 @@ class PosixSpawner:
         self._sigdef = _ignored_signals()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._threaded: LibcSpawner | None = None
+        #: Children started from the threads and not yet ended.
+        self.live = 0
         if threads > 0 and libc_spawn.available():
             self._threaded = LibcSpawner(
                 self._environ,
@@ -333,10 +346,16 @@ class PosixSpawner:
             raise ValueError("embedded null byte")
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_fd, False)
-        transport = SpawnedProcess(self._reactor, protocol, read_fd)
+        transport = SpawnedProcess(self._reactor, protocol, read_fd, self._child_ended)
         protocol.makeConnection(transport)
-        self._threaded.spawn(program, argv, write_fd, transport._spawned)
+        # Nothing else running: start it at once rather than hand it over.
+        inline = self.live == 0
+        self.live += 1
+        self._threaded.spawn(program, argv, write_fd, transport._spawned, inline)
         return transport
+
+    def _child_ended(self) -> None:
+        self.live -= 1
 
     def close(self) -> None:
         """Release the /dev/null descriptor and the spawning threads."""
