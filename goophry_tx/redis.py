@@ -82,7 +82,7 @@ class RedisHealth:
             )
 
 
-class _Protocol(txredisapi.BaseRedisProtocol):  # type: ignore[misc]
+class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """txredisapi's protocol, telling its link when the connection goes."""
 
     link: RedisLink
