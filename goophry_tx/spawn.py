@@ -10,9 +10,11 @@ process per task, so this module does the least that is correct instead:
     on a foreground daemon misses it and a timeout can kill its whole tree;
   - stdin is C{/dev/null}; stdout and stderr share one pipe, since both
     count as output alike;
-  - the exit is seen through a pidfd, so a backgrounded grandchild that
-    keeps the pipe open cannot hold the task: output is drained when the
-    script exits, then the pipe is closed.
+  - a child is reaped when its output pipe reaches EOF, which for most
+    scripts comes as they exit; a child still running then, or still
+    without EOF after L{EXIT_WATCH_DELAY}, gets a pidfd, so a backgrounded
+    grandchild that keeps the pipe open cannot hold the task: output is
+    drained when the script exits, then the pipe is closed.
 
 L{PosixSpawner} offers this as L{IReactorProcess}, so the runner can be
 tested against any fake process reactor, and delivers a script's output
@@ -21,6 +23,7 @@ before its C{processExited}.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import signal
@@ -41,6 +44,10 @@ from goophry_tx import libc_spawn
 from goophry_tx.libc_spawn import LibcSpawner
 
 _READ_SIZE = 65536
+
+#: Seconds after which a child whose output has not ended is watched by
+#: pidfd, in case a grandchild holds its pipe open.
+EXIT_WATCH_DELAY = 0.05
 
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
 
@@ -66,7 +73,13 @@ def _ignored_signals() -> tuple[int, ...]:
 
 
 class _Reader:
-    """A file descriptor the reactor watches for one of our children."""
+    """
+    A file descriptor the reactor watches for one of our children.
+
+    A pipe whose writers have all gone is reported as a hang-up, not as
+    readable, and the reactor then calls C{connectionLost} instead of
+    C{doRead}: both mean "read now" here.
+    """
 
     def __init__(self, fd: int, on_read: Any) -> None:
         self.fd = fd
@@ -76,7 +89,7 @@ class _Reader:
         return self.fd
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
-        pass
+        self.doRead()
 
     def logPrefix(self) -> str:  # noqa: N802
         return "goophry-child"
@@ -96,9 +109,11 @@ class SpawnedProcess:
         protocol: IProcessProtocol,
         out_fd: int,
         on_end: Callable[[], object] | None = None,
+        watch: Callable[[SpawnedProcess], object] | None = None,
     ) -> None:
         self._reactor = reactor
         self._on_end = on_end
+        self._watch = watch
         self.proto = protocol
         self.pid: int | None = None
         self._pgid: int | None = None
@@ -118,17 +133,29 @@ class SpawnedProcess:
             self.proto.processEnded(reason)
             return
         self.pid = self._pgid = pid
+        signals, self._signals = self._signals, []
+        for number in signals:
+            self.signalProcess(number)
+        if self._out is None:
+            # The output ended before we knew the pid.
+            self.watch_exit()
+        elif self._watch is not None:
+            self._watch(self)
+        else:
+            self.watch_exit()
+
+    def watch_exit(self) -> None:
+        """See the child's exit through a pidfd, whatever its pipe does."""
+        if self.pid is None or self._exit is not None:
+            return
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(self.pid)
         except OSError:
             # Cannot happen to a child we have not reaped yet; be safe anyway.
             self._reap_blocking()
             return
         self._exit = _Reader(pidfd, self._exited)
         self._reactor.addReader(self._exit)  # type: ignore[arg-type]
-        signals, self._signals = self._signals, []
-        for number in signals:
-            self.signalProcess(number)
 
     # Output
 
@@ -144,8 +171,18 @@ class SpawnedProcess:
             data = b""
         if data:
             self.proto.childDataReceived(1, data)
-        else:
-            self._close_output()
+            return
+        self._close_output()
+        if self.pid is not None and self._exit is None:
+            # Most scripts close their output by exiting: reap it now if so.
+            try:
+                reaped, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                reaped, status = self.pid, 0
+            if reaped:
+                self._ended(status)
+            else:
+                self.watch_exit()
 
     def _drain_output(self) -> None:
         """Read what the script left in the pipe, without waiting for EOF."""
@@ -281,6 +318,8 @@ class PosixSpawner:
         self._threaded: LibcSpawner | None = None
         #: Children started from the threads and not yet ended.
         self.live = 0
+        self._unwatched: collections.deque[tuple[float, SpawnedProcess]] = collections.deque()
+        self._sweep: Any = None
         if threads > 0 and libc_spawn.available():
             self._threaded = LibcSpawner(
                 self._environ,
@@ -346,7 +385,9 @@ class PosixSpawner:
             raise ValueError("embedded null byte")
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_fd, False)
-        transport = SpawnedProcess(self._reactor, protocol, read_fd, self._child_ended)
+        transport = SpawnedProcess(
+            self._reactor, protocol, read_fd, self._child_ended, self._watch_later
+        )
         protocol.makeConnection(transport)
         # Nothing else running: start it at once rather than hand it over.
         inline = self.live == 0
@@ -357,8 +398,27 @@ class PosixSpawner:
     def _child_ended(self) -> None:
         self.live -= 1
 
+    def _watch_later(self, transport: SpawnedProcess) -> None:
+        """Give C{transport} a pidfd if its output has not ended by then."""
+        self._unwatched.append((self._reactor.seconds() + EXIT_WATCH_DELAY, transport))  # type: ignore[attr-defined]
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(EXIT_WATCH_DELAY, self._watch_due)  # type: ignore[attr-defined]
+
+    def _watch_due(self) -> None:
+        self._sweep = None
+        now = self._reactor.seconds()  # type: ignore[attr-defined]
+        pending = self._unwatched
+        while pending and pending[0][0] <= now:
+            pending.popleft()[1].watch_exit()
+        if pending:
+            delay = max(0.0, pending[0][0] - now)
+            self._sweep = self._reactor.callLater(delay, self._watch_due)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         """Release the /dev/null descriptor and the spawning threads."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         if self._threaded is not None:
             self._threaded.close()
             self._threaded = None
