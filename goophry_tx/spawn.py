@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import select
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, AnyStr
@@ -95,6 +96,48 @@ class _Reader:
         return "goophry-child"
 
 
+class _ChildPoller:
+    """
+    One epoll set for every child's descriptors, watched by the reactor as
+    a single reader: a child's events skip the reactor's per-event work.
+    It offers the reactor's C{addReader}/C{removeReader} for L{_Reader}s.
+    """
+
+    def __init__(self, reactor: IReactorFDSet) -> None:
+        self._reactor = reactor
+        self._epoll = select.epoll()
+        self._readers: dict[int, _Reader] = {}
+        reactor.addReader(self)  # type: ignore[arg-type]
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def addReader(self, reader: _Reader) -> None:  # noqa: N802 (the reactor's name)
+        self._epoll.register(reader.fd, select.EPOLLIN)
+        self._readers[reader.fd] = reader
+
+    def removeReader(self, reader: _Reader) -> None:  # noqa: N802
+        if self._readers.get(reader.fd) is reader:
+            del self._readers[reader.fd]
+            self._epoll.unregister(reader.fd)
+
+    def doRead(self) -> None:  # noqa: N802
+        for fd, _ in self._epoll.poll(0):
+            reader = self._readers.get(fd)
+            if reader is not None:
+                reader.doRead()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+        pass
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "goophry-children"
+
+    def close(self) -> None:
+        self._reactor.removeReader(self)  # type: ignore[arg-type]
+        self._epoll.close()
+
+
 @implementer(IProcessTransport)
 class SpawnedProcess:
     """
@@ -105,7 +148,7 @@ class SpawnedProcess:
 
     def __init__(
         self,
-        reactor: IReactorFDSet,
+        reactor: IReactorFDSet | _ChildPoller,
         protocol: IProcessProtocol,
         out_fd: int,
         on_end: Callable[[], object] | None = None,
@@ -318,6 +361,7 @@ class PosixSpawner:
         self._threaded: LibcSpawner | None = None
         #: Children started from the threads and not yet ended.
         self.live = 0
+        self._poller = _ChildPoller(reactor)
         self._unwatched: collections.deque[tuple[float, SpawnedProcess]] = collections.deque()
         self._sweep: Any = None
         if threads > 0 and libc_spawn.available():
@@ -386,7 +430,7 @@ class PosixSpawner:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_fd, False)
         transport = SpawnedProcess(
-            self._reactor, protocol, read_fd, self._child_ended, self._watch_later
+            self._poller, protocol, read_fd, self._child_ended, self._watch_later
         )
         protocol.makeConnection(transport)
         # Nothing else running: start it at once rather than hand it over.
@@ -419,6 +463,7 @@ class PosixSpawner:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
+        self._poller.close()
         if self._threaded is not None:
             self._threaded.close()
             self._threaded = None
