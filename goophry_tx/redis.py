@@ -82,6 +82,28 @@ class RedisHealth:
             )
 
 
+def encode_command(command: Sequence[str | bytes | int | float]) -> bytes:
+    """A command in RESP, as txredisapi would write it, only quicker."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode("utf-8")
+        elif isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode("ascii")
+        else:
+            data = b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _reply(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
 class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """txredisapi's protocol, telling its link when the connection goes."""
 
@@ -90,6 +112,18 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted's name)
         self.link._lost(self, why)
         super().connectionLost(why)
+
+    def send(self, command: bytes) -> Deferred[Any]:
+        """
+        Write an encoded command; its reply fires the result.  The hot path
+        of every task: one Deferred in the reply queue that txredisapi fills
+        in order (an error reply, or the connection's loss, as a failure),
+        instead of the three of C{execute_command}.
+        """
+        d: Deferred[Any] = Deferred()
+        self.replyQueue.waiting.append(d)
+        self.transport.write(command)
+        return d.addCallback(_reply)
 
 
 class _Factory(Factory):
@@ -290,13 +324,9 @@ class RedisLink(Service):
     def execute(self, *command: str | bytes | int | float) -> Deferred[Any]:
         """Send one command; blocking commands never time out on our side."""
         protocol = self._protocol
-        if protocol is None:
+        if protocol is None or not protocol.connected:
             return fail(ConnectionError(f"not connected to Redis ({self.link_name})"))
-        try:
-            d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
-        except Exception:
-            return fail()
-        return d
+        return protocol.send(encode_command(command))
 
     def transaction(self, commands: Sequence[Command]) -> Deferred[list[Any]]:
         """
