@@ -109,10 +109,10 @@ class LibcSpawner:
         libc.posix_spawnattr_setsigmask(self._attr, empty)
         libc.posix_spawnattr_setpgroup(self._attr, 0)
         libc.posix_spawnattr_setflags(self._attr, _SETPGROUP | _SETSIGDEF | _SETSIGMASK)
-        self._jobs: queue.SimpleQueue[tuple[bytes, list[bytes], int, Callable[..., object]] | None]
+        self._jobs: queue.SimpleQueue[tuple[bytes, list[bytes], Callable[..., object]] | None]
         self._jobs = queue.SimpleQueue()
         # Results wait here; the caller's thread is woken once per batch.
-        self._results: collections.deque[tuple[Callable[..., object], int, int]]
+        self._results: collections.deque[tuple[Callable[..., object], int, int, int]]
         self._results = collections.deque()
         self._wake_pending = False
         # Spawns handed to the threads whose results are not handed back
@@ -131,26 +131,22 @@ class LibcSpawner:
         self,
         executable: bytes,
         argv: list[bytes],
-        out_fd: int,
-        done: Callable[[int, int], object],
+        done: Callable[[int, int, int], object],
         inline: bool = False,
     ) -> None:
         """
-        Start C{executable} with stdout and stderr on C{out_fd}, which is
-        closed afterwards; C{done(pid, error)} is called (error 0 or an
-        errno).  With C{inline} (the caller is idle) and no spawn under way,
-        this one is made at once, in the caller's thread, which starts it
-        soonest; otherwise it is handed to the threads, and C{done} comes
-        later.
+        Start C{executable} with stdout and stderr on a new pipe, and call
+        C{done(pid, error, fd)}: error 0 or an errno, fd the pipe's reading
+        end (non-blocking), or -1 on error.  With C{inline} (the caller is
+        idle) and no spawn under way, this one is made at once, in the
+        caller's thread, which starts it soonest; otherwise it is handed to
+        the threads, and C{done} comes later.
         """
         if inline and not self._busy:
-            pid, error = self._spawn(
-                self._inline_actions, self._inline_pid, executable, argv, out_fd
-            )
-            done(pid, error)
+            done(*self._spawn(self._inline_actions, self._inline_pid, executable, argv))
             return
         self._busy += 1
-        self._jobs.put((executable, argv, out_fd, done))
+        self._jobs.put((executable, argv, done))
 
     def _spawn(
         self,
@@ -158,9 +154,13 @@ class LibcSpawner:
         pid: ctypes.c_int,
         executable: bytes,
         argv: list[bytes],
-        out_fd: int,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         libc = self._libc
+        try:
+            read_fd, out_fd = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            return 0, e.errno or 1, -1
+        os.set_blocking(read_fd, False)
         libc.posix_spawn_file_actions_init(actions)
         libc.posix_spawn_file_actions_adddup2(actions, self._stdin_fd, 0)
         libc.posix_spawn_file_actions_adddup2(actions, out_fd, 1)
@@ -170,7 +170,10 @@ class LibcSpawner:
         )
         libc.posix_spawn_file_actions_destroy(actions)
         os.close(out_fd)
-        return (pid.value if error == 0 else 0), error
+        if error:
+            os.close(read_fd)
+            return 0, error, -1
+        return pid.value, 0, read_fd
 
     def _work(self) -> None:
         actions = ctypes.create_string_buffer(_OPAQUE)
@@ -179,8 +182,8 @@ class LibcSpawner:
             job = self._jobs.get()
             if job is None:
                 return
-            executable, argv, out_fd, done = job
-            result = self._spawn(actions, pid, executable, argv, out_fd)
+            executable, argv, done = job
+            result = self._spawn(actions, pid, executable, argv)
             self._results.append((done, *result))
             if not self._wake_pending:
                 self._wake_pending = True
@@ -192,9 +195,9 @@ class LibcSpawner:
         self._wake_pending = False
         results = self._results
         while results:
-            done, pid, error = results.popleft()
+            done, pid, error, fd = results.popleft()
             self._busy -= 1
-            done(pid, error)
+            done(pid, error, fd)
 
     def close(self) -> None:
         """Let the threads end."""

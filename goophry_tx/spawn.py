@@ -150,7 +150,7 @@ class SpawnedProcess:
         self,
         reactor: IReactorFDSet | _ChildPoller,
         protocol: IProcessProtocol,
-        out_fd: int,
+        out_fd: int | None,
         on_end: Callable[[], object] | None = None,
         watch: Callable[[SpawnedProcess], object] | None = None,
     ) -> None:
@@ -161,12 +161,22 @@ class SpawnedProcess:
         self.pid: int | None = None
         self._pgid: int | None = None
         self._signals: list[int] = []
-        self._out: _Reader | None = _Reader(out_fd, self._read_output)
+        self._out: _Reader | None = None
         self._exit: _Reader | None = None
-        reactor.addReader(self._out)  # type: ignore[arg-type]
+        if out_fd is not None:
+            self._read_from(out_fd)
 
-    def _spawned(self, pid: int, error: int) -> None:
-        """The spawn is done: C{pid} runs, or C{error} (an errno) says why not."""
+    def _read_from(self, out_fd: int) -> None:
+        self._out = _Reader(out_fd, self._read_output)
+        self._reactor.addReader(self._out)  # type: ignore[arg-type]
+
+    def _spawned(self, pid: int, error: int, out_fd: int = -1) -> None:
+        """
+        The spawn is done: C{pid} runs, or C{error} (an errno) says why not;
+        C{out_fd}, when given, is its output pipe.
+        """
+        if out_fd >= 0:
+            self._read_from(out_fd)
         if error:
             self._close_output()
             if self._on_end is not None:
@@ -180,7 +190,7 @@ class SpawnedProcess:
         for number in signals:
             self.signalProcess(number)
         if self._out is None:
-            # The output ended before we knew the pid.
+            # The output ended (or was closed) before we knew the pid.
             self.watch_exit()
         elif self._watch is not None:
             self._watch(self)
@@ -427,16 +437,14 @@ class PosixSpawner:
         if b"\0" in program or any(b"\0" in a for a in argv):
             # C strings would silently end there.
             raise ValueError("embedded null byte")
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(read_fd, False)
         transport = SpawnedProcess(
-            self._poller, protocol, read_fd, self._child_ended, self._watch_later
+            self._poller, protocol, None, self._child_ended, self._watch_later
         )
         protocol.makeConnection(transport)
         # Nothing else running: start it at once rather than hand it over.
         inline = self.live == 0
         self.live += 1
-        self._threaded.spawn(program, argv, write_fd, transport._spawned, inline)
+        self._threaded.spawn(program, argv, transport._spawned, inline)
         return transport
 
     def _child_ended(self) -> None:
