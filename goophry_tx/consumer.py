@@ -287,6 +287,10 @@ class Consumer:
     # Running
 
     def _start(self, payload: bytes) -> None:
+        if self._verbose:
+            self.log.info(
+                "task {type} taken: {payload!r}", type=self.task_type.type, payload=payload
+            )
         entry = parse_entry(self.task_type.type, payload)
         if isinstance(entry, InvalidEntry):
             self._slots.release()

@@ -159,3 +159,29 @@ def _backlog(listener: socket.socket) -> int:
         if int(local.split(":")[1], 16) == port and state == "01":
             count += 1
     return count
+
+
+@pytest.mark.parametrize("how", ["twistd", "cli"])
+def test_verbose_logs_each_task_taken_started_and_done(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+) -> None:
+    out = tmp_path / "out"
+    script = goophry.script("t.sh", f'printf "%s" "$1" > {out}')
+    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
+    quiet = goophry.started(run_daemon(cfg, how=how))
+    goophry.push_args("t", "quiet")
+    wait_for(lambda: out.exists() and out.read_text() == "quiet", message=quiet.log_text)
+    assert quiet.terminate() == 0
+    assert "task t " not in quiet.log_text()
+
+    verbose = goophry.started(run_daemon(cfg, "-v", how=how))
+    goophry.push_args("t", "loud")
+    wait_for(lambda: "task t done in" in verbose.log_text(), message=verbose.log_text)
+    log = verbose.log_text()
+    assert "task t taken: " in log and '"loud"' in log
+    assert f"task t started: {script} ['loud']" in log
+    assert verbose.terminate() == 0
