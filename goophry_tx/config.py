@@ -141,6 +141,14 @@ class _Reader:
         return check(self, name, self.values[name])
 
 
+def _secret(reader: _Reader, name: str, value: Any) -> str:
+    """A string never shown in a message: only its kind is named."""
+    if not isinstance(value, str):
+        kind = "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}"
+        raise reader.fail(name, f"expected a string, got {kind}")
+    return value
+
+
 def _string(reader: _Reader, name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise reader.fail(name, f"expected a string, got {_describe(value)}")
@@ -168,6 +176,13 @@ def _nonnegative_integer(reader: _Reader, name: str, value: Any) -> int:
     number = _integer(reader, name, value)
     if number < 0:
         raise reader.fail(name, f"must be 0 or more, got {number}")
+    return number
+
+
+def _ttl(reader: _Reader, name: str, value: Any) -> int:
+    number = _nonnegative_integer(reader, name, value)
+    if number > 2**31 - 1:
+        raise reader.fail(name, f"at most {2**31 - 1} seconds, got {number}")
     return number
 
 
@@ -247,7 +262,12 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
         raise ConfigError(f"{source}: Tasks[{index}]: expected an object, got {_describe(raw)}")
     reader = _Reader(source, where, raw, _TASK_KEYS)
     type_name = reader.require("Type", _nonempty)
-    if ":" in type_name and type_name.endswith((":failed", ":inflight")):
+    if (
+        type_name == "instances"
+        or type_name.startswith("instance:")
+        or ":inflight:" in type_name
+        or type_name.endswith((":failed", ":inflight"))
+    ):
         raise reader.fail("Type", f"{_describe(type_name)} would collide with a key of the daemon")
     script = _resolve_script(base, reader.require("Script", _nonempty))
     _check_executable(reader, "Script", script)
@@ -266,7 +286,7 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     @raise ConfigError: when anything is wrong.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object, got {_describe(data)}")
+        raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
     reader = _Reader(source, "", data, _TOP_KEYS)
     warnings = list(reader.warnings)
 
@@ -316,6 +336,8 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     for name, pattern in (("StatsPattern", stats_pattern), ("MetricsPattern", metrics_pattern)):
         if not pattern.startswith("/"):
             raise reader.fail(name, f'must start with "/", got {_describe(pattern)}')
+    if metrics_pattern == stats_pattern:
+        raise reader.fail("MetricsPattern", f"is StatsPattern too: {_describe(stats_pattern)}")
 
     cert = reader.get("StatsTLSCertFile", _string, "") or None
     key = reader.get("StatsTLSKeyFile", _string, "") or None
@@ -337,11 +359,11 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         tasks=tuple(tasks),
         redis_address=address,
         redis_network=network,
-        redis_password=reader.get("RedisPassword", _string, "") or None,
+        redis_password=reader.get("RedisPassword", _secret, "") or None,
         redis_username=reader.get("RedisUsername", _string, "") or None,
         redis_db=reader.get("RedisDB", _nonnegative_integer, 0),
         error_script=error_script,
-        failed_tasks_ttl=reader.get("FailedTasksTTL", _nonnegative_integer, 0),
+        failed_tasks_ttl=reader.get("FailedTasksTTL", _ttl, 0),
         logfile=logfile,
         stats_interface=stats_interface,
         stats_pattern=stats_pattern,

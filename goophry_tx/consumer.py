@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
@@ -106,6 +107,7 @@ class Consumer:
         self._slots = DeferredSemaphore(task_type.workers)
         self._running: dict[int, tuple[Task, RunningScript]] = {}
         self._taking: Deferred[Any] | None = None
+        self._unblocks = 0
         self._take_sha: str | bytes = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
         self._starved = True
         self._moving = False
@@ -157,7 +159,8 @@ class Consumer:
                 self._block_timeout,
             )
         else:
-            command = ("BLPOP", self._queue, self._block_timeout)
+            # Redis before 6.0 takes whole seconds only.
+            command = ("BLPOP", self._queue, max(1, math.ceil(self._block_timeout)))
         return self._blocking.execute(*command).addCallback(self._moved)
 
     def _moved_many(self, payloads: list[bytes], wanted: int) -> None:
@@ -375,6 +378,7 @@ class Consumer:
         Stop taking entries at once; fires when the running scripts are done.
         """
         self._stopping = True
+        self._unblocks = 0
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -394,6 +398,12 @@ class Consumer:
         """
         client_id = self._blocking.client_id
         if not self._moving or client_id is None:
+            return
+        self._unblocks += 1
+        if self._unblocks > 25:
+            # Five seconds and Redis has not answered: drop the connection,
+            # which ends the move (what it took, the reconcile puts back).
+            self._blocking.abort()
             return
         self._control.execute("CLIENT", "UNBLOCK", client_id).addErrback(lambda f: None)
         self._retry = self._clock.callLater(0.2, self._unblock)

@@ -125,19 +125,20 @@ class OutcomeStore:
     def failed(self, task: Task | InvalidEntry, error: str) -> Deferred[None]:
         """Move an entry to its failed list (or log it in full if none is kept)."""
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
+        record = failed_entry(task, error)
         if self._failed_ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [
-                ("RPUSH", failed, failed_entry(task, error)),
+                ("RPUSH", failed, record),
                 ("EXPIRE", failed, self._failed_ttl),
             ]
         else:
             self.log.warn(
                 "failed {type} entry not stored (FailedTasksTTL is 0): {entry}",
                 type=task.type,
-                entry=failed_entry(task, error).decode("utf-8"),
+                entry=record.decode("utf-8"),
             )
-        return self._write(task.type, task.payload, commands, True)
+        return self._write(task.type, task.payload, commands, True, record)
 
     def requeue(self, task_type: str, payload: bytes) -> Deferred[None]:
         """Put an entry taken but not finished back at the head of its queue."""
@@ -152,7 +153,12 @@ class OutcomeStore:
         )
 
     def _write(
-        self, task_type: str, payload: bytes, commands: Sequence[Command], atomic: bool
+        self,
+        task_type: str,
+        payload: bytes,
+        commands: Sequence[Command],
+        atomic: bool,
+        record: bytes | None = None,
     ) -> Deferred[None]:
         unwritten = self.unwritten[task_type]
         unwritten[payload] += 1
@@ -178,14 +184,15 @@ class OutcomeStore:
                 # Redis is loading its data, busy with a script, ...
                 self._clock.callLater(self._retry_delay, attempt)
                 return
-            # Redis refused (say, WRONGTYPE): retrying will not help.
+            # Redis refused (say, WRONGTYPE): retrying will not help.  The
+            # outcome may be half written, so it is logged in full here.
             self.log.error(
                 "cannot record the outcome of a {type} entry in Redis: {error}; "
-                "it stays in {key}: {payload!r}",
+                "entry {payload!r}, outcome {record}",
                 type=task_type,
                 error=failure.getErrorMessage(),
-                key=self._inflight(task_type),
                 payload=payload,
+                record=(record or b"").decode("utf-8", "replace") or "(none)",
             )
             self._forget(task_type, payload, done)
             done.callback(None)

@@ -32,13 +32,15 @@ from goophry_tx.keys import Keys
 from goophry_tx.redis import RedisLink, is_transient
 
 # KEYS: none (names are built from the prefix).  ARGV: prefix, own name,
-# heartbeat milliseconds, own record.  Beats, registers, and returns the
-# names of the registered instances whose heartbeat has lapsed.
+# heartbeat milliseconds, own record, and '1' to look for dead instances.
+# Beats, registers, and returns the names of the registered instances whose
+# heartbeat has lapsed.
 BEAT_SCRIPT = """
 local prefix, me = ARGV[1], ARGV[2]
 redis.call('SET', prefix .. ':instance:' .. me, '1', 'PX', ARGV[3])
 redis.call('HSET', prefix .. ':instances', me, ARGV[4])
 local dead = {}
+if ARGV[5] ~= '1' then return dead end
 for _, name in ipairs(redis.call('HKEYS', prefix .. ':instances')) do
   if redis.call('EXISTS', prefix .. ':instance:' .. name) == 0 then
     dead[#dead + 1] = name
@@ -52,8 +54,11 @@ return dead
 # back at the head of their queues, in their order, counting the recovery in
 # the entry itself: {"GoophryRecoveries":N, ...the producer's fields}.  An
 # entry recovered MaxRecoveries times goes to our own in-flight list instead.
-# Returns nothing when there was nothing to recover, else how many went
-# back, then the abandoned ones as a flat list: type, entry, count.
+# The instance stays registered until a recovery finds its lists empty: one
+# that was only slow may have taken more entries since, and a registration
+# is how they are found.  Returns nothing when there was nothing to recover,
+# else how many went back, then the abandoned ones as a flat list: type,
+# entry, count.
 RECOVER_SCRIPT = """
 local prefix, dead, me = ARGV[1], ARGV[2], ARGV[3]
 local limit = tonumber(ARGV[4])
@@ -81,10 +86,11 @@ local function marked(original, n)
   return mark .. n .. ',' .. body
 end
 local result = {'0'}
-local requeued = 0
+local requeued, found = 0, 0
 for _, t in ipairs(types) do
   local inflight = prefix .. ':' .. t .. ':inflight:' .. dead
   local items = redis.call('LRANGE', inflight, 0, -1)
+  found = found + #items
   for i = #items, 1, -1 do
     local item = items[i]
     local count, original = count_of(item)
@@ -102,7 +108,10 @@ for _, t in ipairs(types) do
   redis.call('DEL', inflight)
 end
 redis.call('DEL', prefix .. ':instance:' .. dead)
-redis.call('HDEL', prefix .. ':instances', dead)
+if found == 0 then
+  redis.call('HDEL', prefix .. ':instances', dead)
+  return {}
+end
 result[1] = tostring(requeued)
 return result
 """
@@ -210,6 +219,9 @@ class Heartbeat:
         self.instance = instance
         self._clock = clock
         self._types = types
+        self._instance_timeout = instance_timeout
+        self._quiet_until = 0.0
+        self._after_outage = False
         # Lapses after 0.6 of InstanceTimeout and is renewed every 0.2, so a
         # dead instance is found within 0.8 of it.
         self._ttl_ms = max(300, int(instance_timeout * 600))
@@ -233,9 +245,16 @@ class Heartbeat:
         self._timer: IDelayedCall | None = None
         self._running = False
 
-    def start(self) -> Deferred[None]:
-        """Register, recover what died on this host, and start beating."""
+    def start(self, redis_uptime: float | None = None) -> Deferred[Any]:
+        """
+        Recover what died on this host, register and start beating; fires
+        after the first beat.  A Redis that has only just started may have
+        lost heartbeats that were alive: recovery waits until every live
+        instance has had the time to beat again.
+        """
         self._running = True
+        if redis_uptime is not None and redis_uptime < self._instance_timeout:
+            self._quiet_until = self._clock.seconds() + self._instance_timeout - redis_uptime
         d = self.recover_local()
         d.addCallback(lambda _: self._beat())
         return d
@@ -273,10 +292,16 @@ class Heartbeat:
         if self._running:
             self._timer = self._clock.callLater(self.interval, self._beat)
 
-    def _beat(self) -> None:
+    def _beat(self) -> Deferred[None]:
         self._timer = None
         if not self._running:
-            return
+            return succeed(None)
+        now = self._clock.seconds()
+        if self._after_outage:
+            # Heartbeats may have lapsed while Redis was away, ours too:
+            # give every live instance the time to beat again first.
+            self._after_outage = False
+            self._quiet_until = now + self._instance_timeout
         d = self._link.execute(
             "EVAL",
             BEAT_SCRIPT,
@@ -285,12 +310,15 @@ class Heartbeat:
             self.instance,
             self._ttl_ms,
             self._record,
+            "1" if now >= self._quiet_until else "0",
         )
         d.addCallback(self._recover_all, False)
         d.addErrback(self._beat_failed)
         d.addBoth(lambda _: self._schedule())
+        return d
 
     def _beat_failed(self, failure: Failure) -> None:
+        self._after_outage = True
         # Redis being away is logged once by the links; anything else here.
         if not is_transient(failure):
             self.log.error("heartbeat failed: {error}", error=failure.getErrorMessage())

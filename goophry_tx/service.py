@@ -49,6 +49,17 @@ def parse_redis_version(info: bytes) -> tuple[int, ...]:
     return ()
 
 
+def parse_redis_uptime(info: bytes) -> float | None:
+    """Seconds the server has been up, from the text of C{INFO server}."""
+    for line in info.decode("utf-8", "replace").splitlines():
+        if line.startswith("uptime_in_seconds:"):
+            try:
+                return float(line.split(":", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
 class GoophryService(MultiService):
     """Everything one daemon runs, started and stopped together."""
 
@@ -66,7 +77,6 @@ class GoophryService(MultiService):
         self.config = config
         self._reactor = reactor
         self.verbose = verbose
-        self.instance = instance or instance_name()
         self.keys = Keys(config.redis_queue_key)
         self.stats = Stats(reactor, [t.type for t in config.tasks])
 
@@ -90,47 +100,14 @@ class GoophryService(MultiService):
             return new
 
         self.control = link("control")
-        self.spawner = PosixSpawner(reactor, threads=2)
-        self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
-        self.store = OutcomeStore(
-            self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
-        )
-        self.notifier = ErrorNotifier(
-            ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace),
-            config.error_script,
-            config.error_queue_size,
-            config.error_script_timeout,
-        )
-        self.consumers = [
-            Consumer(
-                task_type=task_type,
-                keys=self.keys,
-                instance=self.instance,
-                blocking=link(f"take:{task_type.type}"),
-                control=self.control,
-                store=self.store,
-                runner=self.runner,
-                notifier=self.notifier,
-                counters=self.stats.types[task_type.type],
-                clock=reactor,
-                verbose=verbose,
-                block_timeout=config.block_timeout,
-            )
-            for task_type in config.tasks
-        ]
-        self.heartbeat = Heartbeat(
-            self.control,
-            self.keys,
-            self.instance,
-            [t.type for t in config.tasks],
-            reactor,
-            config.instance_timeout,
-            config.max_recoveries,
-            self._abandoned,
-        )
+        self._takers = {t.type: link(f"take:{index}") for index, t in enumerate(config.tasks)}
+        self._instance = instance
+        self.instance = instance or ""
+        self.consumers: list[Consumer] = []
         if config.stats_interface:
             self._stats_service().setServiceParent(self)
         self._started: Deferred[None] | None = None
+        self._stopping = False
 
     def _redis_endpoint(self) -> IStreamClientEndpoint:
         config = self.config
@@ -163,7 +140,55 @@ class GoophryService(MultiService):
         service._raiseSynchronously = True
         return service
 
+    def _build(self) -> None:
+        """
+        Make what belongs to this process: its name (with its pid), the
+        spawning threads, the consumers, the heartbeat.  Done at start, so
+        that twistd's fork into the background comes before, not after.
+        """
+        config, reactor = self.config, self._reactor
+        self.instance = self._instance or instance_name()
+        self.spawner = PosixSpawner(reactor, threads=2)
+        self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
+        self.store = OutcomeStore(
+            self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
+        )
+        self.notifier = ErrorNotifier(
+            ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace),
+            config.error_script,
+            config.error_queue_size,
+            config.error_script_timeout,
+        )
+        self.consumers = [
+            Consumer(
+                task_type=task_type,
+                keys=self.keys,
+                instance=self.instance,
+                blocking=self._takers[task_type.type],
+                control=self.control,
+                store=self.store,
+                runner=self.runner,
+                notifier=self.notifier,
+                counters=self.stats.types[task_type.type],
+                clock=reactor,
+                verbose=self.verbose,
+                block_timeout=config.block_timeout,
+            )
+            for task_type in config.tasks
+        ]
+        self.heartbeat = Heartbeat(
+            self.control,
+            self.keys,
+            self.instance,
+            [t.type for t in config.tasks],
+            reactor,
+            config.instance_timeout,
+            config.max_recoveries,
+            self._abandoned,
+        )
+
     def startService(self) -> None:  # noqa: N802 (Twisted's name)
+        self._build()
         super().startService()
         config = self.config
         self.log.info(
@@ -222,10 +247,11 @@ class GoophryService(MultiService):
         d = self.control.when_connected()
         info: Deferred[bytes] = d.addCallback(lambda _: self.control.execute("INFO", "server"))
         info.addCallback(self._check_version)
-        d.addCallback(lambda _: self.heartbeat.start())
+        d.addCallback(lambda uptime: self.heartbeat.start(uptime))
         d.addCallbacks(self._start_consumers, self._start_failed)
 
-    def _check_version(self, info: bytes) -> None:
+    def _check_version(self, info: bytes) -> float | None:
+        """Warn about a Redis without BLMOVE; tell how long it has been up."""
         version = parse_redis_version(info)
         if version and version < (6, 2):
             self.log.warn(
@@ -235,6 +261,7 @@ class GoophryService(MultiService):
             )
             for consumer in self.consumers:
                 consumer.atomic = False
+        return parse_redis_uptime(info)
 
     def _abandoned(self, abandoned: Abandoned) -> None:
         """An entry recovered MaxRecoveries times: store it as failed."""
@@ -258,7 +285,7 @@ class GoophryService(MultiService):
         self.notifier.notify(script or abandoned.type, args, error)
 
     def _start_consumers(self, _: object) -> None:
-        if not self.running:
+        if not self.running or self._stopping:
             return
         assert self._started is not None
         for consumer in self.consumers:
@@ -278,6 +305,10 @@ class GoophryService(MultiService):
         Stop taking entries at once, let running scripts finish (stopping
         them after ShutdownTimeout), write their outcomes, then disconnect.
         """
+        if self._started is None:
+            # Never started (a port could not be had, say).
+            d: Deferred[None] = MultiService.stopService(self)
+            return d
         self.log.info(
             "stopping: no more entries taken; waiting for {running} running scripts",
             running=sum(c.running for c in self.consumers),

@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     IProcessTransport,
     IReactorFDSet,
     IReactorProcess,
+    IReactorTime,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -153,8 +154,10 @@ class SpawnedProcess:
         out_fd: int | None,
         on_end: Callable[[], object] | None = None,
         watch: Callable[[SpawnedProcess], object] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self._on_end = on_end
         self._watch = watch
         self.proto = protocol
@@ -204,8 +207,9 @@ class SpawnedProcess:
         try:
             pidfd = os.pidfd_open(self.pid)
         except OSError:
-            # Cannot happen to a child we have not reaped yet; be safe anyway.
-            self._reap_blocking()
+            # No pidfd (a kernel before 5.3, no descriptors left): look for
+            # the exit now and then instead, never blocking the reactor.
+            self._poll_exit()
             return
         self._exit = _Reader(pidfd, self._exited)
         self._reactor.addReader(self._exit)  # type: ignore[arg-type]
@@ -272,10 +276,10 @@ class SpawnedProcess:
             return
         self._ended(status)
 
-    def _reap_blocking(self) -> None:
-        assert self.pid is not None
-        _, status = os.waitpid(self.pid, 0)
-        self._ended(status)
+    def _poll_exit(self) -> None:
+        self._exited()
+        if self.pid is not None:
+            self._clock.callLater(0.05, self._poll_exit)
 
     def _ended(self, status: int) -> None:
         self.pid = None
@@ -438,7 +442,12 @@ class PosixSpawner:
             # C strings would silently end there.
             raise ValueError("embedded null byte")
         transport = SpawnedProcess(
-            self._poller, protocol, None, self._child_ended, self._watch_later
+            self._poller,
+            protocol,
+            None,
+            self._child_ended,
+            self._watch_later,
+            self._reactor,  # type: ignore[arg-type]
         )
         protocol.makeConnection(transport)
         # Nothing else running: start it at once rather than hand it over.

@@ -6,7 +6,9 @@ Prometheus metrics, served by twisted.web.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Callable, Iterable
+from urllib.parse import quote, unquote
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -104,6 +106,21 @@ def pattern_matches(pattern: str, path: str) -> bool:
     return path == pattern
 
 
+def clean_path(path: str) -> str:
+    """
+    The path as Go's ServeMux cleans it before matching: C{.} and C{..}
+    resolved, repeated slashes folded, a trailing slash kept.
+    """
+    if not path.startswith("/"):
+        path = "/" + path
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned
+
+
 class StatsResource(Resource):
     """Serves the JSON stats at StatsPattern and the metrics at MetricsPattern."""
 
@@ -116,8 +133,13 @@ class StatsResource(Resource):
         self._metrics_pattern = metrics_pattern
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802 (Twisted's name)
-        path = (request.path or b"/").decode("utf-8", "replace")
-        if path == self._metrics_pattern:
+        path = unquote((request.path or b"/").decode("utf-8", "replace"))
+        cleaned = clean_path(path)
+        if cleaned != path:
+            request.setResponseCode(301)
+            request.setHeader(b"location", quote(cleaned).encode("ascii"))
+            return b""
+        if pattern_matches(self._metrics_pattern, path):
             request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
             return self._stats.as_prometheus().encode("utf-8")
         if pattern_matches(self._pattern, path):
@@ -133,3 +155,5 @@ class StatsResource(Resource):
         return b"404 page not found\n"
 
     render_HEAD = render_GET
+    # Go's handler answered whatever the method.
+    render_POST = render_GET

@@ -12,7 +12,6 @@ import base64
 import errno
 import json
 import os
-import signal
 
 import attrs
 
@@ -110,13 +109,45 @@ class Outcome:
         return f"{status}\n{output}" if output else status
 
 
+# Go's names of the Linux signals (syscall's table), as "signal: ..." shows them.
+_GO_SIGNAL_NAMES = {
+    1: "hangup",
+    2: "interrupt",
+    3: "quit",
+    4: "illegal instruction",
+    5: "trace/breakpoint trap",
+    6: "aborted",
+    7: "bus error",
+    8: "floating point exception",
+    9: "killed",
+    10: "user defined signal 1",
+    11: "segmentation fault",
+    12: "user defined signal 2",
+    13: "broken pipe",
+    14: "alarm clock",
+    15: "terminated",
+    16: "stack fault",
+    17: "child exited",
+    18: "continued",
+    19: "stopped (signal)",
+    20: "stopped",
+    21: "stopped (tty input)",
+    22: "stopped (tty output)",
+    23: "urgent I/O condition",
+    24: "CPU time limit exceeded",
+    25: "file size limit exceeded",
+    26: "virtual timer expired",
+    27: "profiling timer expired",
+    28: "window changed",
+    29: "I/O possible",
+    30: "power failure",
+    31: "bad system call",
+}
+
+
 def signal_name(number: int) -> str:
     """The signal's description as Go prints it: C{killed}, C{terminated}."""
-    try:
-        text = signal.strsignal(number)
-    except ValueError:
-        text = None
-    return text.lower() if text else f"signal {number}"
+    return _GO_SIGNAL_NAMES.get(number, f"signal {number}")
 
 
 def format_seconds(seconds: float) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, wait_for
-from tests.integration.conftest import Goophry
+from tests.helpers import REPO_ROOT, TWISTD, DaemonProcess, wait_for
+from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +187,50 @@ def test_verbose_logs_each_task_taken_started_and_done(
     assert "task t taken: " in log and '"loud"' in log
     assert f"task t started: {script} ['loud']" in log
     assert verbose.terminate() == 0
+
+
+def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+) -> None:
+    """twistd without -n forks into the background after the service is made."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = goophry.script("t.sh", f'touch {marks}/"$1".start; sleep 1; touch {marks}/"$1".end')
+    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script), "Workers": 4}])
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    argv = [*TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "goophry", "-c", str(cfg)]
+    subprocess.run(argv, cwd=tmp_path, env=env, check=True, timeout=30)
+    wait_for(pidfile.exists, message="no pid file")
+    pid = int(pidfile.read_text())
+    try:
+        wait_for(lambda: STARTED in logfile.read_text(), message=lambda: logfile.read_text())
+        for n in range(4):
+            goophry.push_args("t", f"e{n}")
+        # All four start together: the spawning threads exist after the fork.
+        wait_for(
+            lambda: len(list(marks.glob("*.start"))) == 4,
+            timeout=5,
+            message=lambda: logfile.read_text(),
+        )
+        assert not list(marks.glob("*.end")), "the four ran one after another"
+        record = json.loads(goophry.redis.cli("HGET", f"{goophry.key}:instances", _only(goophry)))
+        assert record["pid"] == pid, "the instance is registered with the daemon's own pid"
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not pidfile.exists(), timeout=15, message=lambda: logfile.read_text())
+        assert len(list(marks.glob("*.end"))) == 4
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _only(goophry: Goophry) -> str:
+    names = goophry.redis.cli("HKEYS", f"{goophry.key}:instances")
+    assert isinstance(names, list) and len(names) == 1, names
+    name = names[0]
+    assert isinstance(name, bytes)
+    return name.decode()

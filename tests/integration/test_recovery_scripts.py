@@ -38,7 +38,26 @@ def test_entries_go_back_to_the_head_of_their_queue_in_order(redis: RedisServer)
         b'{"Args":["queued"]}',
     ]
     assert redis.cli("EXISTS", f"{K}:a:inflight:dead") == 0
+    # Still registered: had it only been slow, it may have taken more since.
+    assert redis.cli("HEXISTS", f"{K}:instances", "dead") == 1
+    # The next recovery finds nothing and forgets it.
+    assert recover(redis, "dead", "me") == []
     assert redis.cli("HEXISTS", f"{K}:instances", "dead") == 0
+
+
+def test_entries_taken_by_a_slow_instance_after_its_recovery_are_still_found(
+    redis: RedisServer,
+) -> None:
+    register_dead(redis, "slow", ["a"])
+    redis.cli("RPUSH", f"{K}:a:inflight:slow", b'{"Args":["1"]}')
+    assert recover(redis, "slow", "me") == [b"1"]
+    # It was alive after all, took another entry, then died for real.
+    redis.cli("RPUSH", f"{K}:a:inflight:slow", b'{"Args":["2"]}')
+    assert recover(redis, "slow", "me") == [b"1"]
+    assert redis.cli("LRANGE", f"{K}:a", 0, -1) == [
+        b'{"GoophryRecoveries":1,"Args":["2"]}',
+        b'{"GoophryRecoveries":1,"Args":["1"]}',
+    ]
 
 
 def test_two_instances_recovering_at_once_neither_duplicate_nor_drop(
@@ -105,7 +124,9 @@ def test_a_beat_registers_and_names_the_instances_whose_heartbeat_lapsed(
 ) -> None:
     register_dead(redis, "dead", ["a"])
     record = json.dumps({"host": "h", "pid": 2, "types": ["a"]})
-    assert redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record) == [b"dead"]
+    # Told not to look (Redis was just away): no one is declared dead.
+    assert redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "0") == []
+    assert redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "1") == [b"dead"]
     assert 0 < redis.cli("PTTL", f"{K}:instance:me") <= 5000
     assert redis.cli("HGET", f"{K}:instances", "me") == record.encode()
 
@@ -114,7 +135,7 @@ def test_leaving_keeps_the_registration_while_entries_are_in_flight(
     redis: RedisServer,
 ) -> None:
     record = json.dumps({"host": "h", "pid": 2, "types": ["a"]})
-    redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record)
+    redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "1")
     redis.cli("RPUSH", f"{K}:a:inflight:me", b'{"Args":[]}')
     assert redis.cli("EVAL", LEAVE_SCRIPT, 0, K, "me", "a") == 0
     assert redis.cli("HEXISTS", f"{K}:instances", "me") == 1

@@ -195,7 +195,7 @@ def test_not_an_object(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert str(info.value) == f"{NAME}: expected a JSON object, got [1, 2]"
+    assert str(info.value) == f"{NAME}: expected a JSON object, got list"
 
 
 def test_workers_not_an_integer_names_the_task(tmp_path: Path, script: Path) -> None:
@@ -234,7 +234,9 @@ def test_workers_not_an_integer_names_the_task(tmp_path: Path, script: Path) -> 
         ({"StatsPattern": "stats"}, 'StatsPattern: must start with "/", got "stats"'),
         ({"MetricsPattern": ""}, "MetricsPattern: must not be empty"),
         # The settings this project adds, each with a wrong type.
-        ({"RedisPassword": 1234}, "RedisPassword: expected a string, got 1234"),
+        # A password is never echoed, not even a wrong one.
+        ({"RedisPassword": 1234}, "RedisPassword: expected a string, got a number"),
+        ({"RedisPassword": ["s3cr3t"]}, "RedisPassword: expected a string, got a list"),
         ({"RedisUsername": False}, "RedisUsername: expected a string, got false"),
         ({"RedisDB": "1"}, 'RedisDB: expected an integer, got "1"'),
         ({"RedisDB": -1}, "RedisDB: must be 0 or more, got -1"),
@@ -334,3 +336,23 @@ def test_tls_file_that_is_a_directory_cannot_be_read(tmp_path: Path, script: Pat
     (tmp_path / "k.pem").write_text("key")
     message = refused(tmp_path, Tasks=[task(script)], StatsTLSCertFile=".", StatsTLSKeyFile="k.pem")
     assert message == f"{NAME}: StatsTLSCertFile: {tmp_path}: cannot read: Is a directory"
+
+
+@pytest.mark.parametrize("type_name", ["instances", "instance:x", "a:inflight:b", "x:failed"])
+def test_types_that_would_collide_with_the_daemons_keys_are_refused(
+    tmp_path: Path, type_name: str
+) -> None:
+    script = write_script(tmp_path, "t.sh", "exit 0")
+    with pytest.raises(ConfigError, match=r"Tasks\[0\]\.Type: .* would collide"):
+        load(tmp_path, Tasks=[{"Type": type_name, "Script": str(script)}])
+
+
+def test_the_metrics_cannot_share_the_stats_path(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "t.sh", "exit 0")
+    with pytest.raises(ConfigError, match="MetricsPattern: is StatsPattern too"):
+        load(
+            tmp_path,
+            Tasks=[{"Type": "a", "Script": str(script)}],
+            StatsPattern="/m",
+            MetricsPattern="/m",
+        )

@@ -132,3 +132,26 @@ def test_head_gets_headers_without_a_body(stats: Stats) -> None:
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
     assert success_result_of(response.content()) == b""
+
+
+def test_paths_are_cleaned_and_decoded_as_gos_mux_does(stats: Stats) -> None:
+    http = client(stats, pattern="/stats")
+    response, _ = get(http, "/x/../stats")
+    assert response.code == 301
+    assert response.headers.getRawHeaders("location") == ["/stats"]
+    response, _ = get(http, "//stats")
+    assert (response.code, response.headers.getRawHeaders("location")) == (301, ["/stats"])
+    response, body = get(http, "/st%61ts")
+    assert response.code == 200 and "TaskCount" in json.loads(body)
+
+
+def test_a_metrics_pattern_with_a_slash_serves_its_subtree(stats: Stats) -> None:
+    response, body = get(client(stats, metrics="/metrics/"), "/metrics/goophry")
+    assert response.code == 200
+    assert b"# TYPE goophry_tasks_started_total counter" in body
+
+
+def test_any_method_is_answered_as_the_original_did(stats: Stats) -> None:
+    response = success_result_of(client(stats).post("http://stats.test/stats/", data=b""))
+    assert response.code == 200
+    assert "TaskCount" in json.loads(success_result_of(response.content()))

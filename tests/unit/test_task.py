@@ -182,3 +182,21 @@ def test_failed_entry_of_non_utf8_adds_base64() -> None:
     assert record["Args"] is None
     assert record["Payload"] == '{"Args":["\\xff"]}'
     assert base64.b64decode(record["PayloadBase64"]) == payload
+
+
+@pytest.mark.parametrize(
+    ("number", "name"),
+    [
+        (9, "killed"),
+        (15, "terminated"),
+        (6, "aborted"),
+        (11, "segmentation fault"),
+        (24, "CPU time limit exceeded"),
+        (29, "I/O possible"),
+        (40, "signal 40"),
+    ],
+)
+def test_signal_names_are_gos(number: int, name: str) -> None:
+    from goophry_tx.task import signal_name
+
+    assert signal_name(number) == name
