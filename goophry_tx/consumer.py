@@ -220,13 +220,7 @@ class Consumer:
         if failure.check(CancelledError):
             return
         self._slots.release()
-        if self._stopping:
-            return
-        if failure.check(ConnectionError):
-            self._blocking.when_connected().addCallback(self._reconcile)
-            return
-        if is_transient(failure):
-            self._retry = self._clock.callLater(0.5, self._reconcile)
+        if self._stopping or self._reconcile_later(failure):
             return
         self.log.error(
             "cannot take {type} entries from {queue}: {error}; trying again in 5s",
@@ -262,12 +256,21 @@ class Consumer:
             )
         self._take_next()
 
-    def _reconcile_failed(self, failure: Failure) -> None:
+    def _reconcile_later(self, failure: Failure) -> bool:
+        """
+        Redis is away or not ready: reconcile (then take again) once it is
+        back.  False for any other failure.
+        """
         if failure.check(ConnectionError):
             self._blocking.when_connected().addCallback(self._reconcile)
-            return
+            return True
         if is_transient(failure):
             self._retry = self._clock.callLater(0.5, self._reconcile)
+            return True
+        return False
+
+    def _reconcile_failed(self, failure: Failure) -> None:
+        if self._reconcile_later(failure):
             return
         self.log.error(
             "cannot check the {type} in-flight list: {error}",
