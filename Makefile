@@ -20,7 +20,7 @@ PYTEST_ARGS ?= -n auto -q
 # Only the directories that exist (bench/ may not be written yet).
 LINT_PATHS := $(wildcard goophry_tx tests bench)
 
-.PHONY: venv run lint test bench clean distclean
+.PHONY: venv run lint test check-redis bench clean distclean
 
 venv: $(STAMP)
 
@@ -43,10 +43,16 @@ lint: venv
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy goophry_tx
 
-test: lint
+test: lint check-redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: venv
+# The tests and the benchmark start their own redis-server processes.
+check-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	    echo "redis-server is not installed: sudo apt-get install redis-server" \
+	         "(bash .ci/run installs it itself)" >&2; exit 1; }
+
+bench: venv check-redis
 	$(BIN)/python -m bench
 
 clean:
