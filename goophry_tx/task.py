@@ -61,11 +61,14 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
             return invalid("Args is missing")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return invalid("Args must be an array of strings")
-    for index, arg in enumerate(args):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            return invalid(f"Args[{index}] is not valid Unicode")
+    # Valid UTF-8 decodes to valid Unicode: only a \u escape can make a
+    # lone surrogate, which no argv can carry.
+    if "\\u" in text:
+        for index, arg in enumerate(args):
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                return invalid(f"Args[{index}] is not valid Unicode")
     return Task(task_type, tuple(args), payload)
 
 
