@@ -10,7 +10,6 @@ and leaves the in-flight list when its outcome is recorded.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import math
 from typing import Any
@@ -425,7 +424,3 @@ class Consumer:
         waiters, self._stop_waiters = self._stop_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-
-    def running_payloads(self) -> collections.Counter[bytes]:
-        """The payloads of the scripts running now."""
-        return collections.Counter(task.payload for task, _ in self._running.values())

@@ -56,7 +56,6 @@ class RedisHealth:
         self.address = address
         self._down: set[str] = set()
         self._since: float | None = None
-        self.outages = 0
 
     @property
     def connected(self) -> bool:
@@ -66,7 +65,6 @@ class RedisHealth:
         self._down.add(link)
         if self._since is None:
             self._since = self._clock.seconds()
-            self.outages += 1
             self.log.warn(
                 "Redis at {address} unreachable: {reason}; retrying with backoff",
                 address=self.address,

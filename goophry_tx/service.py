@@ -359,10 +359,6 @@ class GoophryService(MultiService):
         self._stopped_cleanly = True
         return result
 
-    def when_started(self) -> Deferred[None]:
-        """Fires when the consumers have started (for tests)."""
-        return self._started or succeed(None)
-
 
 def build_service(
     config: Config, reactor: IReactorCore | None = None, verbose: bool = False
