@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from goophry_tx.keys import reserved_type
+
 T = TypeVar("T")
 
 
@@ -262,12 +264,7 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
         raise ConfigError(f"{source}: Tasks[{index}]: expected an object, got {_describe(raw)}")
     reader = _Reader(source, where, raw, _TASK_KEYS)
     type_name = reader.require("Type", _nonempty)
-    if (
-        type_name == "instances"
-        or type_name.startswith("instance:")
-        or ":inflight:" in type_name
-        or type_name.endswith((":failed", ":inflight"))
-    ):
+    if reserved_type(type_name):
         raise reader.fail("Type", f"{_describe(type_name)} would collide with a key of the daemon")
     script = _resolve_script(base, reader.require("Script", _nonempty))
     _check_executable(reader, "Script", script)

@@ -2,12 +2,46 @@
 The names of every Redis key the daemon reads or writes.
 
 All of them live under C{<RedisQueueKey>:} so that an operator can find
-every entry with SCAN; README.rst lists them.
+every entry with SCAN; README.rst lists them.  The layout is written here
+once: the Lua scripts that build key names themselves (for instances and
+types they find in Redis) take its parts as arguments, through L{LUA_KEYS}.
 """
 
 from __future__ import annotations
 
 import attrs
+
+#: After the prefix: the hash of every registered instance.
+INSTANCES = "instances"
+#: After the prefix: the start of each instance's heartbeat key.
+HEARTBEAT = "instance:"
+#: After a queue's name: its failed list.
+FAILED = ":failed"
+#: Between a queue's name and an instance's: that instance's in-flight list.
+INFLIGHT = ":inflight:"
+
+#: Lua that names keys as L{Keys} does, from the four parts of
+#: L{Keys.script_layout} in C{ARGV[1]} to C{ARGV[4]}; a script that starts
+#: with it finds its own arguments from C{ARGV[5]} on.
+LUA_KEYS = """
+local instances_key = ARGV[1]
+local function heartbeat_key(name) return ARGV[2] .. name end
+local function queue_key(t) return ARGV[3] .. t end
+local function inflight_key(t, name) return ARGV[3] .. t .. ARGV[4] .. name end
+"""
+
+
+def reserved_type(task_type: str) -> bool:
+    """
+    Whether a task type's queue would be one of the daemon's own keys, or
+    look like one to a C{SCAN} or C{KEYS} pattern.
+    """
+    return (
+        task_type == INSTANCES
+        or task_type.startswith(HEARTBEAT)
+        or INFLIGHT in task_type
+        or task_type.endswith((FAILED, INFLIGHT.rstrip(":")))
+    )
 
 
 @attrs.frozen
@@ -22,17 +56,27 @@ class Keys:
 
     def failed(self, task_type: str) -> str:
         """Failed entries, as the original stores them."""
-        return f"{self.prefix}:{task_type}:failed"
+        return f"{self.prefix}:{task_type}{FAILED}"
 
     def inflight(self, task_type: str, instance: str) -> str:
         """Entries one daemon instance has taken and not yet finished."""
-        return f"{self.prefix}:{task_type}:inflight:{instance}"
+        return f"{self.prefix}:{task_type}{INFLIGHT}{instance}"
 
     def heartbeat(self, instance: str) -> str:
         """Exists while the instance is alive; expires when it stops beating."""
-        return f"{self.prefix}:instance:{instance}"
+        return f"{self.prefix}:{HEARTBEAT}{instance}"
 
     @property
     def instances(self) -> str:
         """Hash of every registered instance to its description."""
-        return f"{self.prefix}:instances"
+        return f"{self.prefix}:{INSTANCES}"
+
+    @property
+    def script_layout(self) -> tuple[str, str, str, str]:
+        """
+        The first four arguments of a script that starts with L{LUA_KEYS}:
+        the instances hash, and what goes before an instance's name in its
+        heartbeat key, before a type in its queue's name, and between a
+        queue's name and an instance's in an in-flight list.
+        """
+        return (self.instances, self.heartbeat(""), self.queue(""), INFLIGHT)

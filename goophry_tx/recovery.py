@@ -23,49 +23,55 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from goophry_tx.keys import Keys
+from goophry_tx.keys import LUA_KEYS, Keys
 from goophry_tx.redis import RedisLink, is_transient
 
-# KEYS: none (names are built from the prefix).  ARGV: prefix, own name,
-# heartbeat milliseconds, own record, and '1' to look for dead instances.
-# Beats, registers, and returns the names of the registered instances whose
-# heartbeat has lapsed.
-BEAT_SCRIPT = """
-local prefix, me = ARGV[1], ARGV[2]
-redis.call('SET', prefix .. ':instance:' .. me, '1', 'PX', ARGV[3])
-redis.call('HSET', prefix .. ':instances', me, ARGV[4])
+# ARGV after the key layout: own name, heartbeat milliseconds, own record,
+# and '1' to look for dead instances.  Beats, registers, and returns the
+# names of the registered instances whose heartbeat has lapsed.
+BEAT_SCRIPT = (
+    LUA_KEYS
+    + """
+local me = ARGV[5]
+redis.call('SET', heartbeat_key(me), '1', 'PX', ARGV[6])
+redis.call('HSET', instances_key, me, ARGV[7])
 local dead = {}
-if ARGV[5] ~= '1' then return dead end
-for _, name in ipairs(redis.call('HKEYS', prefix .. ':instances')) do
-  if redis.call('EXISTS', prefix .. ':instance:' .. name) == 0 then
+if ARGV[8] ~= '1' then return dead end
+for _, name in ipairs(redis.call('HKEYS', instances_key)) do
+  if redis.call('EXISTS', heartbeat_key(name)) == 0 then
     dead[#dead + 1] = name
   end
 end
 return dead
 """
+)
 
-# ARGV: prefix, dead instance, own name, MaxRecoveries, force (1: the
-# instance is known to be gone).  Puts the dead instance's in-flight entries
-# back at the head of their queues, in their order, counting the recovery in
-# the entry itself: {"GoophryRecoveries":N, ...the producer's fields}.  An
-# entry recovered MaxRecoveries times goes to our own in-flight list instead.
-# The instance stays registered until a recovery finds its lists empty: one
-# that was only slow may have taken more entries since, and a registration
-# is how they are found.  Returns nothing when there was nothing to recover,
-# else how many went back, then the abandoned ones as a flat list: type,
-# entry, count.
-RECOVER_SCRIPT = """
-local prefix, dead, me = ARGV[1], ARGV[2], ARGV[3]
-local limit = tonumber(ARGV[4])
-if ARGV[5] ~= '1' and redis.call('EXISTS', prefix .. ':instance:' .. dead) == 1 then
+# ARGV after the key layout: dead instance, own name, MaxRecoveries, force
+# (1: the instance is known to be gone).  Puts the dead instance's in-flight
+# entries back at the head of their queues, in their order, counting the
+# recovery in the entry itself: {"GoophryRecoveries":N, ...the producer's
+# fields}.  An entry recovered MaxRecoveries times goes to our own in-flight
+# list instead.  The instance stays registered until a recovery finds its
+# lists empty: one that was only slow may have taken more entries since, and
+# a registration is how they are found.  Returns nothing when there was
+# nothing to recover, else how many went back, then the abandoned ones as a
+# flat list: type, entry, count.
+RECOVER_SCRIPT = (
+    LUA_KEYS
+    + """
+local dead, me = ARGV[5], ARGV[6]
+local limit = tonumber(ARGV[7])
+if ARGV[8] ~= '1' and redis.call('EXISTS', heartbeat_key(dead)) == 1 then
   return {}
 end
-local record = redis.call('HGET', prefix .. ':instances', dead)
+local record = redis.call('HGET', instances_key, dead)
 if not record then return {} end
 local ok, decoded = pcall(cjson.decode, record)
 local types = (ok and type(decoded) == 'table' and decoded['types']) or {}
@@ -88,48 +94,52 @@ end
 local result = {'0'}
 local requeued, found = 0, 0
 for _, t in ipairs(types) do
-  local inflight = prefix .. ':' .. t .. ':inflight:' .. dead
-  local items = redis.call('LRANGE', inflight, 0, -1)
+  local theirs = inflight_key(t, dead)
+  local items = redis.call('LRANGE', theirs, 0, -1)
   found = found + #items
   for i = #items, 1, -1 do
     local item = items[i]
     local count, original = count_of(item)
     count = count + 1
     if count >= limit then
-      redis.call('RPUSH', prefix .. ':' .. t .. ':inflight:' .. me, item)
+      redis.call('RPUSH', inflight_key(t, me), item)
       result[#result + 1] = t
       result[#result + 1] = item
       result[#result + 1] = tostring(count)
     else
-      redis.call('LPUSH', prefix .. ':' .. t, marked(original, count))
+      redis.call('LPUSH', queue_key(t), marked(original, count))
       requeued = requeued + 1
     end
   end
-  redis.call('DEL', inflight)
+  redis.call('DEL', theirs)
 end
-redis.call('DEL', prefix .. ':instance:' .. dead)
+redis.call('DEL', heartbeat_key(dead))
 if found == 0 then
-  redis.call('HDEL', prefix .. ':instances', dead)
+  redis.call('HDEL', instances_key, dead)
   return {}
 end
 result[1] = tostring(requeued)
 return result
 """
+)
 
-# ARGV: prefix, own name, then the types.  Unregisters, unless an entry is
-# still in one of our in-flight lists: then the heartbeat is left to lapse,
-# so that another instance recovers it.
-LEAVE_SCRIPT = """
-local prefix, me = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  if redis.call('LLEN', prefix .. ':' .. ARGV[i] .. ':inflight:' .. me) > 0 then
+# ARGV after the key layout: own name, then the types.  Unregisters, unless
+# an entry is still in one of our in-flight lists: then the heartbeat is left
+# to lapse, so that another instance recovers it.
+LEAVE_SCRIPT = (
+    LUA_KEYS
+    + """
+local me = ARGV[5]
+for i = 6, #ARGV do
+  if redis.call('LLEN', inflight_key(ARGV[i], me)) > 0 then
     return 0
   end
 end
-redis.call('DEL', prefix .. ':instance:' .. me)
-redis.call('HDEL', prefix .. ':instances', me)
+redis.call('DEL', heartbeat_key(me))
+redis.call('HDEL', instances_key, me)
 return 1
 """
+)
 
 
 def _proc_stat(pid: int) -> list[bytes]:
@@ -193,10 +203,15 @@ class Abandoned:
     dead_instance: str
 
 
-class Heartbeat:
+class HeartbeatService(Service):
     """
     Keeps this instance registered and alive in Redis, and recovers the
     entries of instances that are not.
+
+    The daemon's service makes it a child once Redis has answered and
+    L{prepare} is done: it beats at once, then every L{interval} seconds,
+    on a L{TimerService}.  Stopping waits for a beat under way, then
+    unregisters.
     """
 
     log = Logger()
@@ -242,34 +257,67 @@ class Heartbeat:
             },
             separators=(",", ":"),
         )
-        self._timer: IDelayedCall | None = None
-        self._running = False
+        self._timer = TimerService(self.interval, self._beat)
+        self._timer.clock = clock
+        self._beaten = False
+        self._waiting: list[Deferred[None]] = []
+        self._unregister = True
 
-    def start(self, redis_uptime: float | None = None) -> Deferred[Any]:
+    def prepare(self, redis_uptime: float | None) -> Deferred[None]:
         """
-        Recover what died on this host, register and start beating; fires
-        after the first beat.  A Redis that has only just started may have
-        lost heartbeats that were alive: recovery waits until every live
-        instance has had the time to beat again.
+        What comes before the first beat: recover, at once, what died on
+        this host.  A Redis that has only just started may have lost
+        heartbeats that were alive: the beats look for dead instances only
+        once every live one has had the time to beat again.
         """
-        self._running = True
         if redis_uptime is not None and redis_uptime < self._instance_timeout:
             self._quiet_until = self._clock.seconds() + self._instance_timeout - redis_uptime
-        d = self.recover_local()
-        d.addCallback(lambda _: self._beat())
+        return self.recover_local()
+
+    def startService(self) -> None:
+        """Beat now, and every L{interval} seconds until stopped."""
+        super().startService()
+        self._beaten = False
+        self._unregister = True
+        self._timer.startService()
+
+    def when_beating(self) -> Deferred[None]:
+        """
+        Fires once the first beat since the start is over.  Redis may have
+        refused it (it was away): the next beat tries again.
+        """
+        if self._beaten:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
         return d
 
-    def stop(self) -> Deferred[Any]:
+    def keep_registered(self) -> None:
         """
-        Stop beating and unregister, unless entries of ours are still in
-        flight: then the heartbeat lapses and another instance recovers them.
+        Stop without unregistering: outcomes of ours could not be written,
+        so their entries are still in flight.  The heartbeat lapses, and
+        another instance recovers them.
         """
-        self._running = False
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._unregister = False
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop beating, after the beat under way if there is one; then
+        unregister, unless entries of ours are still in flight: then the
+        heartbeat lapses and another instance recovers them.
+        """
+        super().stopService()
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.cancel()
+        d: Deferred[None] = self._timer.stopService()
+        if self._unregister:
+            d.addCallback(lambda _: self._leave())
+        return d
+
+    def _leave(self) -> Deferred[None]:
         d = self._link.execute(
-            "EVAL", LEAVE_SCRIPT, 0, self._keys.prefix, self.instance, *self._types
+            "EVAL", LEAVE_SCRIPT, 0, *self._keys.script_layout, self.instance, *self._types
         )
 
         def left(unregistered: int) -> None:
@@ -279,23 +327,16 @@ class Heartbeat:
                     "when its heartbeat lapses"
                 )
 
-        return d.addCallbacks(left, lambda f: None)
+        def failed(failure: Failure) -> None:
+            # Our registration stays; it is recovered, as a dead instance's
+            # would be, once the heartbeat lapses.
+            self.log.warn(
+                "could not unregister this instance: {error}", error=failure.getErrorMessage()
+            )
 
-    def pause(self) -> None:
-        """Stop beating but stay registered: entries of ours are still in flight."""
-        self._running = False
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _schedule(self) -> None:
-        if self._running:
-            self._timer = self._clock.callLater(self.interval, self._beat)
+        return d.addCallbacks(left, failed)
 
     def _beat(self) -> Deferred[None]:
-        self._timer = None
-        if not self._running:
-            return succeed(None)
         now = self._clock.seconds()
         if self._after_outage:
             # Heartbeats may have lapsed while Redis was away, ours too:
@@ -306,7 +347,7 @@ class Heartbeat:
             "EVAL",
             BEAT_SCRIPT,
             0,
-            self._keys.prefix,
+            *self._keys.script_layout,
             self.instance,
             self._ttl_ms,
             self._record,
@@ -314,8 +355,14 @@ class Heartbeat:
         )
         d.addCallback(self._recover_all, False)
         d.addErrback(self._beat_failed)
-        d.addBoth(lambda _: self._schedule())
+        d.addCallback(self._beat_done)
         return d
+
+    def _beat_done(self, _: object) -> None:
+        self._beaten = True
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.callback(None)
 
     def _beat_failed(self, failure: Failure) -> None:
         self._after_outage = True
@@ -367,7 +414,7 @@ class Heartbeat:
             "EVAL",
             RECOVER_SCRIPT,
             0,
-            self._keys.prefix,
+            *self._keys.script_layout,
             dead,
             self.instance,
             self._max_recoveries,

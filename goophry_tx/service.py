@@ -8,18 +8,25 @@ the script runner -> outcome -> outcome store, ErrorScript and stats.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import uuid
+from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorCore,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from goophry_tx import __version__
@@ -27,13 +34,14 @@ from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
-from goophry_tx.recovery import Abandoned, Heartbeat
+from goophry_tx.recovery import Abandoned, HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.runner import ScriptRunner
 from goophry_tx.spawn import PosixSpawner
 from goophry_tx.stats import Stats, StatsResource
 from goophry_tx.task import Task, parse_entry
 from goophry_tx.tls import server_tls_options
+from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
 
 
 def instance_name() -> str:
@@ -60,8 +68,29 @@ def parse_redis_uptime(info: bytes) -> float | None:
     return None
 
 
+class Phase(Enum):
+    """Where the daemon's service is, between its start and its stop."""
+
+    #: Not started, or its start failed (a port could not be had, say).
+    IDLE = "idle"
+    #: Waiting for Redis, recovering, registering: nothing taken yet.
+    STARTING = "starting"
+    #: The consumers take entries.
+    CONSUMING = "consuming"
+    #: Letting running scripts finish and writing outcomes, then disconnecting.
+    STOPPING = "stopping"
+
+
 class GoophryService(MultiService):
-    """Everything one daemon runs, started and stopped together."""
+    """
+    Everything one daemon runs, started and stopped together.
+
+    Its children are the Redis links, the stats server and, once this
+    instance has registered, the L{HeartbeatService}.  Starting connects
+    the links; once Redis answers, what died on this host is recovered, the
+    heartbeat starts, then the consumers.  Stopping goes the other way:
+    the consumers first, then the heartbeat, then the links.
+    """
 
     log = Logger()
 
@@ -72,7 +101,19 @@ class GoophryService(MultiService):
         verbose: bool = False,
         instance: str | None = None,
         redis_endpoint: IStreamClientEndpoint | None = None,
+        links: Callable[[str], RedisLink] | None = None,
+        spawner: Callable[[], PosixSpawner] | None = None,
     ) -> None:
+        """
+        @param reactor: an L{IReactorCore} that is also
+            L{IReactorTime<twisted.internet.interfaces.IReactorTime>} and
+            L{IReactorThreads<twisted.internet.interfaces.IReactorThreads>}.
+        @param links: makes the Redis link of a purpose (C{"control"},
+            C{"take:0"}...); by default a L{RedisLink} to RedisAddress, or
+            to C{redis_endpoint} when given.
+        @param spawner: makes what starts scripts, when the service starts;
+            by default a L{PosixSpawner} with two threads.
+        """
         super().__init__()
         self.config = config
         self._reactor = reactor
@@ -83,19 +124,11 @@ class GoophryService(MultiService):
         address = config.redis_address
         self.health = RedisHealth(reactor, address)
         self.stats.redis_connected = lambda: self.health.connected
-        endpoint = redis_endpoint or self._redis_endpoint()
+        self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
+        self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
 
         def link(purpose: str) -> RedisLink:
-            new = RedisLink(
-                reactor,
-                endpoint,
-                self.health,
-                name=purpose,
-                password=config.redis_password,
-                username=config.redis_username,
-                db=config.redis_db,
-                client_name=f"goophry:{purpose}",
-            )
+            new = self._links(purpose)
             new.setServiceParent(self)
             return new
 
@@ -106,8 +139,29 @@ class GoophryService(MultiService):
         self.consumers: list[Consumer] = []
         if config.stats_interface:
             self._stats_service().setServiceParent(self)
-        self._started: Deferred[None] | None = None
-        self._stopping = False
+        self.phase = Phase.IDLE
+        self._stopped_cleanly = False
+        #: The start under way, from waiting for Redis to the first beat.
+        self._starting: Deferred[None] | None = None
+        #: The next try at starting, after one that failed.
+        self._retry: IDelayedCall | None = None
+
+    def _redis_links(self, endpoint: IStreamClientEndpoint) -> Callable[[str], RedisLink]:
+        config = self.config
+
+        def link(purpose: str) -> RedisLink:
+            return RedisLink(
+                self._reactor,
+                endpoint,
+                self.health,
+                name=purpose,
+                password=config.redis_password,
+                username=config.redis_username,
+                db=config.redis_db,
+                client_name=f"goophry:{purpose}",
+            )
+
+        return link
 
     def _redis_endpoint(self) -> IStreamClientEndpoint:
         config = self.config
@@ -135,10 +189,7 @@ class GoophryService(MultiService):
                 config.stats_tls_cert_file, config.stats_tls_key_file, config.path
             )
             factory = TLSMemoryBIOFactory(options, False, site)
-        service = StreamServerEndpointService(endpoint, factory)
-        # A port that cannot be had stops the daemon at start.
-        service._raiseSynchronously = True
-        return service
+        return fail_at_start(StreamServerEndpointService(endpoint, factory))
 
     def _build(self) -> None:
         """
@@ -148,7 +199,7 @@ class GoophryService(MultiService):
         """
         config, reactor = self.config, self._reactor
         self.instance = self._instance or instance_name()
-        self.spawner = PosixSpawner(reactor, threads=2)
+        self.spawner = self._spawner()
         self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
         self.store = OutcomeStore(
             self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
@@ -176,7 +227,7 @@ class GoophryService(MultiService):
             )
             for task_type in config.tasks
         ]
-        self.heartbeat = Heartbeat(
+        self.heartbeat = HeartbeatService(
             self.control,
             self.keys,
             self.instance,
@@ -187,7 +238,7 @@ class GoophryService(MultiService):
             self._abandoned,
         )
 
-    def startService(self) -> None:  # noqa: N802 (Twisted's name)
+    def startService(self) -> None:
         self._build()
         super().startService()
         config = self.config
@@ -201,40 +252,18 @@ class GoophryService(MultiService):
         )
         for warning in config.warnings:
             self.log.warn("{warning}", warning=warning)
-        self._started = Deferred()
-        self._stopping = False
+        self.phase = Phase.STARTING
         self._stopped_cleanly = False
-        self._reactor.addSystemEventTrigger("after", "shutdown", self._forget_exit_signal)
+        exit_zero_after_clean_stop(self._reactor, lambda: self._stopped_cleanly)
         self._begin()
-        self._reactor.callWhenRunning(self._watch_signals)
-
-    def _watch_signals(self) -> None:
-        """
-        A second SIGTERM or SIGINT while stopping stops the running scripts
-        at once; their entries go back to their queues.
-        """
-        for number in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(number)
-            if not callable(previous):
-                continue
-
-            def handler(num: int, frame: Any, previous: Any = previous) -> None:
-                if self._stopping:
-                    self._reactor.callFromThread(self._stop_scripts, "a second signal")
-                else:
-                    previous(num, frame)
-
-            signal.signal(number, handler)
-
-    def _forget_exit_signal(self) -> None:
-        """
-        twistd ends with the signal it was stopped by (exit status -15);
-        a stop that finished its work cleanly exits 0, as the original did.
-        """
-        if self._stopped_cleanly and hasattr(self._reactor, "_exitSignal"):
-            self._reactor._exitSignal = None
+        on_second_signal(
+            self._reactor,
+            lambda: self.phase is Phase.STOPPING,
+            lambda: self._stop_scripts("a second signal"),
+        )
 
     def _stop_scripts(self, why: str) -> None:
+        """Stop the running scripts now; their entries go back to their queues."""
         self.log.info("{why}: stopping the running scripts now", why=why)
         for consumer in self.consumers:
             consumer.stop_scripts()
@@ -244,10 +273,13 @@ class GoophryService(MultiService):
         Once Redis answers: learn its version, recover what a killed daemon
         on this host left in flight, start the heartbeat, then consume.
         """
-        d = self.control.when_connected()
-        info: Deferred[bytes] = d.addCallback(lambda _: self.control.execute("INFO", "server"))
-        info.addCallback(self._check_version)
-        d.addCallback(lambda uptime: self.heartbeat.start(uptime))
+        self._retry = None
+        d: Deferred[Any] = self.control.when_connected()
+        self._starting = d
+        d.addCallback(lambda _: self.control.execute("INFO", "server"))
+        d.addCallback(self._check_version)
+        d.addCallback(lambda uptime: self.heartbeat.prepare(uptime))
+        d.addCallback(self._start_heartbeat)
         d.addCallbacks(self._start_consumers, self._start_failed)
 
     def _check_version(self, info: bytes) -> float | None:
@@ -262,6 +294,11 @@ class GoophryService(MultiService):
             for consumer in self.consumers:
                 consumer.atomic = False
         return parse_redis_uptime(info)
+
+    def _start_heartbeat(self, _: object) -> Deferred[None]:
+        """Register before taking anything: the first beat does it."""
+        self.heartbeat.setServiceParent(self)
+        return self.heartbeat.when_beating()
 
     def _abandoned(self, abandoned: Abandoned) -> None:
         """An entry recovered MaxRecoveries times: store it as failed."""
@@ -285,27 +322,28 @@ class GoophryService(MultiService):
         self.notifier.notify(script or abandoned.type, args, error)
 
     def _start_consumers(self, _: object) -> None:
-        if not self.running or self._stopping:
-            return
-        assert self._started is not None
+        self._starting = None
+        self.phase = Phase.CONSUMING
         for consumer in self.consumers:
             consumer.start()
-        self._started.callback(None)
 
-    def _start_failed(self, failure: Any) -> None:
-        if not self.running:
+    def _start_failed(self, failure: Failure) -> None:
+        self._starting = None
+        if self.phase is not Phase.STARTING:
+            # Cancelled by a stop.
             return
         if not failure.check(ConnectionError):
             self.log.failure("cannot start consuming; trying again", failure)
         # The link comes back by itself; start again when it has.
-        self._reactor.callLater(0.5, self._begin)
+        self._retry = self._reactor.callLater(0.5, self._begin)
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         """
         Stop taking entries at once, let running scripts finish (stopping
-        them after ShutdownTimeout), write their outcomes, then disconnect.
+        them after ShutdownTimeout), write their outcomes, stop the
+        heartbeat, then disconnect.
         """
-        if self._started is None:
+        if self.phase is Phase.IDLE:
             # Never started (a port could not be had, say).
             d: Deferred[None] = MultiService.stopService(self)
             return d
@@ -313,7 +351,12 @@ class GoophryService(MultiService):
             "stopping: no more entries taken; waiting for {running} running scripts",
             running=sum(c.running for c in self.consumers),
         )
-        self._stopping = True
+        self.phase = Phase.STOPPING
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._starting is not None:
+            self._starting.cancel()
         stopped = DeferredList([c.stop() for c in self.consumers])
         timer = None
         if self.config.shutdown_timeout > 0:
@@ -332,20 +375,24 @@ class GoophryService(MultiService):
             d = self.notifier.flush(self._reactor, self.config.error_script_timeout + 1)
             return d.addCallback(lambda _: unwritten)
 
-        def flushed(unwritten: int) -> Deferred[Any]:
+        def flushed(unwritten: int) -> Deferred[None] | None:
             if unwritten:
                 self.log.warn(
                     "{count} outcomes could not be written to Redis; their entries stay in "
                     "the in-flight lists and will run again",
                     count=unwritten,
                 )
-                self.heartbeat.pause()
-                return succeed(None)
-            return self.heartbeat.stop()
+                self.heartbeat.keep_registered()
+            if self.heartbeat.parent is None:
+                # Redis never answered: this instance never registered.
+                return None
+            # Before the links go: unregistering needs them.
+            left: Deferred[None] = self.heartbeat.disownServiceParent()
+            return left
 
         def disconnect(_: object) -> Deferred[None]:
             d: Deferred[None] = MultiService.stopService(self)
-            d.addBoth(self._close_spawner)
+            d.addBoth(self._stopped)
             return d
 
         done: Deferred[Any] = stopped.addCallback(finish)
@@ -354,8 +401,10 @@ class GoophryService(MultiService):
         done.addCallback(disconnect)
         return done
 
-    def _close_spawner(self, result: object) -> object:
+    def _stopped(self, result: object) -> object:
+        """Disconnected: release the spawning threads; the stop was clean."""
         self.spawner.close()
+        self.phase = Phase.IDLE
         self._stopped_cleanly = True
         return result
 

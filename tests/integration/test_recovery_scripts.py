@@ -9,12 +9,15 @@ import json
 
 import pytest
 
+from goophry_tx.keys import Keys
 from goophry_tx.recovery import BEAT_SCRIPT, LEAVE_SCRIPT, RECOVER_SCRIPT
 from tests.helpers import RedisServer
 
 pytestmark = pytest.mark.integration
 
 K = "rk"
+#: The key layout the scripts take first; the tests name every key in full.
+LAYOUT = Keys(K).script_layout
 
 
 def register_dead(redis: RedisServer, name: str, types: list[str]) -> None:
@@ -24,7 +27,7 @@ def register_dead(redis: RedisServer, name: str, types: list[str]) -> None:
 
 
 def recover(redis: RedisServer, dead: str, me: str, limit: int = 3, force: int = 0) -> object:
-    return redis.cli("EVAL", RECOVER_SCRIPT, 0, K, dead, me, limit, force)
+    return redis.cli("EVAL", RECOVER_SCRIPT, 0, *LAYOUT, dead, me, limit, force)
 
 
 def test_entries_go_back_to_the_head_of_their_queue_in_order(redis: RedisServer) -> None:
@@ -69,8 +72,8 @@ def test_two_instances_recovering_at_once_neither_duplicate_nor_drop(
     redis.cli("RPUSH", f"{K}:b:inflight:dead", *entries[10:])
     # Both recoverers' scripts sent together, as two live instances would.
     first, second = redis.pipeline(
-        ["EVAL", RECOVER_SCRIPT, 0, K, "dead", "me", 3, 0],
-        ["EVAL", RECOVER_SCRIPT, 0, K, "dead", "other", 3, 0],
+        ["EVAL", RECOVER_SCRIPT, 0, *LAYOUT, "dead", "me", 3, 0],
+        ["EVAL", RECOVER_SCRIPT, 0, *LAYOUT, "dead", "other", 3, 0],
     )
     assert sorted([first, second], key=len) == [[], [b"20"]]
     back = redis.cli("LRANGE", f"{K}:a", 0, -1) + redis.cli("LRANGE", f"{K}:b", 0, -1)
@@ -125,8 +128,8 @@ def test_a_beat_registers_and_names_the_instances_whose_heartbeat_lapsed(
     register_dead(redis, "dead", ["a"])
     record = json.dumps({"host": "h", "pid": 2, "types": ["a"]})
     # Told not to look (Redis was just away): no one is declared dead.
-    assert redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "0") == []
-    assert redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "1") == [b"dead"]
+    assert redis.cli("EVAL", BEAT_SCRIPT, 0, *LAYOUT, "me", 5000, record, "0") == []
+    assert redis.cli("EVAL", BEAT_SCRIPT, 0, *LAYOUT, "me", 5000, record, "1") == [b"dead"]
     assert 0 < redis.cli("PTTL", f"{K}:instance:me") <= 5000
     assert redis.cli("HGET", f"{K}:instances", "me") == record.encode()
 
@@ -135,11 +138,11 @@ def test_leaving_keeps_the_registration_while_entries_are_in_flight(
     redis: RedisServer,
 ) -> None:
     record = json.dumps({"host": "h", "pid": 2, "types": ["a"]})
-    redis.cli("EVAL", BEAT_SCRIPT, 0, K, "me", 5000, record, "1")
+    redis.cli("EVAL", BEAT_SCRIPT, 0, *LAYOUT, "me", 5000, record, "1")
     redis.cli("RPUSH", f"{K}:a:inflight:me", b'{"Args":[]}')
-    assert redis.cli("EVAL", LEAVE_SCRIPT, 0, K, "me", "a") == 0
+    assert redis.cli("EVAL", LEAVE_SCRIPT, 0, *LAYOUT, "me", "a") == 0
     assert redis.cli("HEXISTS", f"{K}:instances", "me") == 1
     redis.cli("DEL", f"{K}:a:inflight:me")
-    assert redis.cli("EVAL", LEAVE_SCRIPT, 0, K, "me", "a") == 1
+    assert redis.cli("EVAL", LEAVE_SCRIPT, 0, *LAYOUT, "me", "a") == 1
     assert redis.cli("HEXISTS", f"{K}:instances", "me") == 0
     assert redis.cli("EXISTS", f"{K}:instance:me") == 0
