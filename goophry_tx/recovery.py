@@ -307,9 +307,9 @@ class HeartbeatService(Service):
         heartbeat lapses and another instance recovers them.
         """
         super().stopService()
-        waiting, self._waiting = self._waiting, []
-        for w in waiting:
-            w.cancel()
+        for waiting in list(self._waiting):
+            # Its canceller takes it off the list.
+            waiting.cancel()
         d: Deferred[None] = self._timer.stopService()
         if self._unregister:
             d.addCallback(lambda _: self._leave())

@@ -241,6 +241,21 @@ class GoophryService(MultiService):
     def startService(self) -> None:
         self._build()
         super().startService()
+        self.phase = Phase.STARTING
+        self._stopped_cleanly = False
+        exit_zero_after_clean_stop(self._reactor, lambda: self._stopped_cleanly)
+        self._begin()
+        on_second_signal(
+            self._reactor,
+            lambda: self.phase is Phase.STOPPING,
+            lambda: self._stop_scripts("a second signal"),
+        )
+        # twistd starts the service before the reactor runs and handles
+        # signals: say that the daemon has started only once it can be
+        # stopped cleanly.
+        self._reactor.callWhenRunning(self._announce)
+
+    def _announce(self) -> None:
         config = self.config
         self.log.info(
             "Goophry {version} instance {instance}: {types} from Redis {address}, key {key}",
@@ -252,15 +267,6 @@ class GoophryService(MultiService):
         )
         for warning in config.warnings:
             self.log.warn("{warning}", warning=warning)
-        self.phase = Phase.STARTING
-        self._stopped_cleanly = False
-        exit_zero_after_clean_stop(self._reactor, lambda: self._stopped_cleanly)
-        self._begin()
-        on_second_signal(
-            self._reactor,
-            lambda: self.phase is Phase.STOPPING,
-            lambda: self._stop_scripts("a second signal"),
-        )
 
     def _stop_scripts(self, why: str) -> None:
         """Stop the running scripts now; their entries go back to their queues."""
