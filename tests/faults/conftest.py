@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,11 +33,6 @@ STARTED = f"Goophry {__version__} instance "
 #: Logged once per outage, and once when Redis is back (goophry_tx.redis).
 UNREACHABLE = "unreachable"
 BACK = "is back after"
-
-
-def clean_exit(signum: int = signal.SIGTERM) -> set[int]:
-    """The exit statuses of a clean stop on ``signum``: 0 (SPEC §5)."""
-    return {0}
 
 
 class Rig:
