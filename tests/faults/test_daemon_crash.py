@@ -193,7 +193,10 @@ def test_a_frozen_instance_is_recovered_and_works_on_when_it_thaws(
     """SIGSTOP (a VM pause, a stuck host): alive but silent, then back."""
     instance_timeout = 2
     runs = rig.marks / "runs"
-    script = rig.recorder(seconds=1.5, extra=f'echo "$1 $PPID" >> {runs}')
+    # The first run waits for the freeze: its entry is in flight when it comes.
+    frozen = rig.marks / "frozen"
+    wait = f"while [ ! -e {frozen} ]; do sleep 0.05; done"
+    script = rig.recorder(seconds=1.5, extra=f'echo "$1 $PPID" >> {runs}\n{wait}')
     cfg = rig.config(
         [{"Type": "work", "Script": str(script), "Workers": 1}], InstanceTimeout=instance_timeout
     )
@@ -202,9 +205,11 @@ def test_a_frozen_instance_is_recovered_and_works_on_when_it_thaws(
     rig.push("work", "e0")
     wait_for(lambda: rig.inflight_of(a, "work"), 10, message=a.log_text)
     b = start_daemon(cfg)
+    # a's one worker is busy: the connection waiting in BLMOVE is b's.
     rig.wait_consuming(1)
 
     a.signal(signal.SIGSTOP)
+    frozen.touch()
     try:
         wait_for(
             lambda: not rig.inflight_of(a, "work"),
