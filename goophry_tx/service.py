@@ -85,11 +85,12 @@ class GoophryService(MultiService):
     """
     Everything one daemon runs, started and stopped together.
 
-    Its children are the Redis links, the stats server and, once this
-    instance has registered, the L{HeartbeatService}.  Starting connects
-    the links; once Redis answers, what died on this host is recovered, the
-    heartbeat starts, then the consumers.  Stopping goes the other way:
-    the consumers first, then the heartbeat, then the links.
+    Its children are the Redis links, the stats server and, once Redis has
+    answered, the L{HeartbeatService}.  Starting connects the links; once
+    Redis answers, what died on this host is recovered, the heartbeat
+    starts (its first beat registers this instance), then the consumers.
+    Stopping goes the other way: the consumers first, then the heartbeat,
+    then the links.
     """
 
     log = Logger()
