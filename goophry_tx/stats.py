@@ -201,10 +201,10 @@ class Stats:
         #: Times Redis came back after being unreachable.
         self.redis_reconnects = 0
         #: Reads the queue figures from Redis; set by the service.
-        self.queue_figures: Callable[[], Deferred[dict[str, QueueFigures]]] | None = None
+        self.read_queues: Callable[[], Deferred[dict[str, QueueFigures]]] | None = None
         #: The queue figures last read, empty until read (or when that failed).
         self.queues: dict[str, QueueFigures] = {}
-        self._queues_asked_at: float | None = None
+        self._queues_checked_at: float | None = None
         self._reading_queues = False
 
     def runtime(self) -> int:
@@ -224,22 +224,24 @@ class Stats:
         than L{QUEUE_FIGURES_MAX_AGE} and no read is under way.  Called when
         someone asks for the metrics: nobody asking, no reads.
         """
-        if self.queue_figures is None or self._reading_queues:
+        if self.read_queues is None or self._reading_queues:
             return
         now = self._clock.seconds()
         if (
-            self._queues_asked_at is not None
-            and now - self._queues_asked_at < QUEUE_FIGURES_MAX_AGE
+            self._queues_checked_at is not None
+            and now - self._queues_checked_at < QUEUE_FIGURES_MAX_AGE
         ):
             return
-        # From the start of the read: a Redis that fails is asked no more often.
-        self._queues_asked_at = now
+        # Counted from the start of a read too: a failing Redis is asked no
+        # more often than a working one.
+        self._queues_checked_at = now
         self._reading_queues = True
-        d = self.queue_figures()
+        d = self.read_queues()
         d.addCallbacks(self._queues_read, self._queues_failed)
 
     def _queues_read(self, figures: dict[str, QueueFigures]) -> None:
         self._reading_queues = False
+        self._queues_checked_at = self._clock.seconds()
         self.queues = figures
 
     def _queues_failed(self, failure: Failure) -> None:
