@@ -13,7 +13,7 @@ import bisect
 import json
 import posixpath
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Literal, get_args
 from urllib.parse import quote, unquote
 
 import attrs
@@ -65,15 +65,7 @@ DURATION_BUCKETS = (
 FailureReason = Literal["exit", "signal", "timeout", "output", "start", "invalid", "abandoned"]
 
 #: Every reason an entry ends in its failed list, as C{goophry_failures_total} labels it.
-FAILURE_REASONS: tuple[FailureReason, ...] = (
-    "exit",
-    "signal",
-    "timeout",
-    "output",
-    "start",
-    "invalid",
-    "abandoned",
-)
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 
 #: Queue figures older than this are read again, when someone asks for them.
 QUEUE_FIGURES_MAX_AGE = 5.0
@@ -161,7 +153,7 @@ def queue_figures(
     alive or not (a dead one's entries are in flight until recovered).
     """
 
-    def count(names: list[bytes]) -> Deferred[list[Any]]:
+    def count(names: list[bytes]) -> Deferred[dict[str, QueueFigures]]:
         instances = [name.decode("utf-8", "replace") for name in names]
         commands: list[tuple[str, str]] = []
         for task_type in types:
@@ -169,10 +161,10 @@ def queue_figures(
             commands.append(("LLEN", keys.failed(task_type)))
             commands.extend(("LLEN", keys.inflight(task_type, i)) for i in instances)
         # One MULTI/EXEC: the figures of every type are from the same moment.
-        return link.transaction(commands)
+        d = link.transaction(commands)
+        return d.addCallback(figures, 2 + len(instances))
 
-    def figures(lengths: list[int]) -> dict[str, QueueFigures]:
-        per_type = len(lengths) // len(types) if types else 0
+    def figures(lengths: list[int], per_type: int) -> dict[str, QueueFigures]:
         result = {}
         for index, task_type in enumerate(types):
             queued, failed, *inflight = lengths[index * per_type : (index + 1) * per_type]
@@ -180,7 +172,7 @@ def queue_figures(
         return result
 
     d: Deferred[list[bytes]] = link.execute("HKEYS", keys.instances)
-    return d.addCallback(count).addCallback(figures)
+    return d.addCallback(count)
 
 
 class Stats:
