@@ -80,6 +80,7 @@ def test_stats_json_counts_what_happened(
     assert stats["Succeeded"] == {"ok": 3, "bad": 0, "idle": 0}
     assert stats["Failed"] == {"ok": 0, "bad": 1, "idle": 0}
     assert stats["Invalid"] == {"ok": 0, "bad": 1, "idle": 0}
+    assert stats["Paused"] == {"ok": False, "bad": False, "idle": False}
     assert stats["Version"] == __version__
     # The original's fields come first, in its order.
     assert list(stats)[:3] == ["Runtime", "TaskCount", "Version"]
