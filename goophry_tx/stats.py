@@ -1,26 +1,110 @@
 """
 Usage statistics, as JSON (the original's fields and more) and as
 Prometheus metrics, served by twisted.web.
+
+The counters are plain attributes that the daemon updates per task; a
+collector reads them only when someone scrapes, so the hot path never takes
+the lock that C{prometheus_client}'s own metric objects take per update.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal, get_args
 from urllib.parse import quote, unquote
 
+import attrs
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from goophry_tx import __version__
+from goophry_tx.keys import Keys
+from goophry_tx.redis import ConnectionError, RedisLink
+from goophry_tx.task import InvalidEntry, Outcome
+
+#: Upper bounds of the task duration histogram's buckets, in seconds:
+#: from a script that only checks something to one that runs for an hour.
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+
+FailureReason = Literal["exit", "signal", "timeout", "output", "start", "invalid", "abandoned"]
+
+#: Every reason an entry ends in its failed list, as C{goophry_failures_total} labels it.
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+
+#: Queue figures older than this are read again, when someone asks for them.
+QUEUE_FIGURES_MAX_AGE = 5.0
+
+
+def failure_reason(what: Outcome | InvalidEntry) -> FailureReason:
+    """
+    Why an entry is stored as failed, from what the recorder has at hand.
+    An abandoned entry has no outcome: its recorder passes C{"abandoned"}.
+    """
+    if isinstance(what, InvalidEntry):
+        return "invalid"
+    if what.start_error is not None:
+        return "start"
+    # A script past its timeout is killed: the timeout is the reason, not
+    # the signal that ended it.
+    if what.timed_out is not None:
+        return "timeout"
+    if what.signal is not None:
+        return "signal"
+    if what.exit_code != 0:
+        return "exit"
+    return "output"
 
 
 class TypeCounters:
     """What happened to the entries of one task type."""
 
-    __slots__ = ("started", "running", "succeeded", "failed", "invalid", "requeued", "seconds")
+    __slots__ = (
+        "started",
+        "running",
+        "succeeded",
+        "failed",
+        "invalid",
+        "requeued",
+        "seconds",
+        "durations",
+        "failures",
+    )
 
     def __init__(self) -> None:
         self.started = 0
@@ -30,10 +114,71 @@ class TypeCounters:
         self.invalid = 0
         self.requeued = 0
         self.seconds = 0.0
+        #: Finished runs per duration bucket (not cumulative); the last is +Inf.
+        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self.failures: dict[FailureReason, int] = dict.fromkeys(FAILURE_REASONS, 0)
+
+    def observe(self, duration: float) -> None:
+        """Count a finished run and how long it took."""
+        self.seconds += duration
+        self.durations[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+
+    def failed_with(self, reason: FailureReason) -> None:
+        """
+        Count an entry stored as failed, and why.  An invalid entry counts
+        as invalid, not as a failed task, as it always has.
+        """
+        self.failures[reason] += 1
+        if reason == "invalid":
+            self.invalid += 1
+        else:
+            self.failed += 1
+
+
+@attrs.frozen
+class QueueFigures:
+    """How many entries of one type wait, run somewhere, and failed, in Redis."""
+
+    queued: int
+    inflight: int
+    failed: int
+
+
+def queue_figures(
+    link: RedisLink, keys: Keys, types: Sequence[str]
+) -> Deferred[dict[str, QueueFigures]]:
+    """
+    Read the queue figures of every type: the lengths of its queue and its
+    failed list, and of the in-flight lists of every registered instance,
+    alive or not (a dead one's entries are in flight until recovered).
+    """
+
+    def count(names: list[bytes]) -> Deferred[dict[str, QueueFigures]]:
+        instances = [name.decode("utf-8", "replace") for name in names]
+        commands: list[tuple[str, str]] = []
+        for task_type in types:
+            commands.append(("LLEN", keys.queue(task_type)))
+            commands.append(("LLEN", keys.failed(task_type)))
+            commands.extend(("LLEN", keys.inflight(task_type, i)) for i in instances)
+        # One MULTI/EXEC: the figures of every type are from the same moment.
+        d = link.transaction(commands)
+        return d.addCallback(figures, 2 + len(instances))
+
+    def figures(lengths: list[int], per_type: int) -> dict[str, QueueFigures]:
+        result = {}
+        for index, task_type in enumerate(types):
+            queued, failed, *inflight = lengths[index * per_type : (index + 1) * per_type]
+            result[task_type] = QueueFigures(queued, sum(inflight), failed)
+        return result
+
+    d: Deferred[list[bytes]] = link.execute("HKEYS", keys.instances)
+    return d.addCallback(count)
 
 
 class Stats:
     """Counters for every configured task type, from the start."""
+
+    log = Logger()
 
     def __init__(self, clock: IReactorTime, types: Iterable[str]) -> None:
         self._clock = clock
@@ -41,9 +186,63 @@ class Stats:
         self.types: dict[str, TypeCounters] = {t: TypeCounters() for t in types}
         #: Tells whether Redis is reachable; set by the service.
         self.redis_connected: Callable[[], bool] = lambda: False
+        #: The types no instance takes entries of now; filled by the service.
+        self.paused: set[str] = set()
+        #: Dead instances whose in-flight entries this instance put back.
+        self.recoveries = 0
+        #: Times Redis came back after being unreachable.
+        self.redis_reconnects = 0
+        #: Reads the queue figures from Redis; set by the service.
+        self.read_queues: Callable[[], Deferred[dict[str, QueueFigures]]] | None = None
+        #: The queue figures last read, empty until read (or when that failed).
+        self.queues: dict[str, QueueFigures] = {}
+        self._queues_checked_at: float | None = None
+        self._reading_queues = False
 
     def runtime(self) -> int:
         return int(self._clock.seconds() - self.started_at)
+
+    def recovered(self) -> None:
+        """Count the recovery of a dead instance's in-flight entries."""
+        self.recoveries += 1
+
+    def redis_reconnected(self) -> None:
+        """Count Redis coming back after it was unreachable."""
+        self.redis_reconnects += 1
+
+    def refresh_queues(self) -> None:
+        """
+        Start reading the queue figures again if the cached ones are older
+        than L{QUEUE_FIGURES_MAX_AGE} and no read is under way.  Called when
+        someone asks for the metrics: nobody asking, no reads.
+        """
+        if self.read_queues is None or self._reading_queues:
+            return
+        now = self._clock.seconds()
+        if (
+            self._queues_checked_at is not None
+            and now - self._queues_checked_at < QUEUE_FIGURES_MAX_AGE
+        ):
+            return
+        # Counted from the start of a read too: a failing Redis is asked no
+        # more often than a working one.
+        self._queues_checked_at = now
+        self._reading_queues = True
+        d = self.read_queues()
+        d.addCallbacks(self._queues_read, self._queues_failed)
+
+    def _queues_read(self, figures: dict[str, QueueFigures]) -> None:
+        self._reading_queues = False
+        self._queues_checked_at = self._clock.seconds()
+        self.queues = figures
+
+    def _queues_failed(self, failure: Failure) -> None:
+        self._reading_queues = False
+        # Figures that can no longer be checked are not shown as current.
+        self.queues = {}
+        # Redis being away is logged once by the links; anything else here.
+        if not failure.check(ConnectionError):
+            self.log.failure("cannot read the queue figures from Redis", failure)
 
     def as_json(self) -> dict[str, object]:
         """The original's fields (Runtime, TaskCount, Version), then ours."""
@@ -60,43 +259,99 @@ class Stats:
             "Failed": each("failed"),
             "Invalid": each("invalid"),
             "Requeued": each("requeued"),
+            "Paused": {t: t in self.paused for t in self.types},
             "RedisConnected": self.redis_connected(),
         }
 
-    def as_prometheus(self) -> str:
-        """The text exposition format, version 0.0.4."""
-        lines: list[str] = []
 
-        def metric(name: str, kind: str, text: str, field: str | None, value: float = 0) -> None:
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-            if field is None:
-                lines.append(f"{name} {value}")
-                return
-            for task_type, counters in self.types.items():
-                label = task_type.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-                lines.append(f'{name}{{type="{label}"}} {getattr(counters, field)}')
+class StatsCollector:
+    """Reads the L{Stats} as Prometheus metric families, at each scrape."""
 
-        metric("goophry_tasks_started_total", "counter", "Tasks started.", "started")
-        metric("goophry_tasks_succeeded_total", "counter", "Tasks that succeeded.", "succeeded")
-        metric("goophry_tasks_failed_total", "counter", "Tasks that failed.", "failed")
-        metric("goophry_entries_invalid_total", "counter", "Invalid entries stored.", "invalid")
-        metric(
-            "goophry_entries_requeued_total", "counter", "Entries put back at shutdown.", "requeued"
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        for name, text, field in _TYPE_COUNTERS:
+            family = GaugeMetricFamily if field == "running" else CounterMetricFamily
+            metric = family(name, text, labels=["type"])
+            for task_type, counters in stats.types.items():
+                metric.add_metric([task_type], getattr(counters, field))
+            yield metric
+
+        durations = HistogramMetricFamily(
+            "goophry_task_duration_seconds", "How long tasks ran.", labels=["type"]
         )
-        metric("goophry_tasks_running", "gauge", "Tasks running now.", "running")
-        metric(
-            "goophry_task_duration_seconds_total", "counter", "Time spent running tasks.", "seconds"
+        for task_type, counters in stats.types.items():
+            buckets, total = [], 0
+            for bound, count in zip(_BUCKET_LABELS, counters.durations, strict=True):
+                total += count
+                buckets.append((bound, float(total)))
+            durations.add_metric([task_type], buckets, counters.seconds)
+        yield durations
+
+        failures = CounterMetricFamily(
+            "goophry_failures_total",
+            "Entries stored as failed, by reason.",
+            labels=["type", "reason"],
         )
-        metric(
-            "goophry_redis_connected",
-            "gauge",
-            "1 when Redis is reachable.",
-            None,
-            1 if self.redis_connected() else 0,
+        for task_type, counters in stats.types.items():
+            for reason, count in counters.failures.items():
+                failures.add_metric([task_type, reason], count)
+        yield failures
+
+        # Absent until first read, and while Redis cannot be read.
+        if stats.queues:
+            for name, text, field in _QUEUE_GAUGES:
+                gauge = GaugeMetricFamily(name, text, labels=["type"])
+                for task_type, figures in stats.queues.items():
+                    gauge.add_metric([task_type], getattr(figures, field))
+                yield gauge
+
+        yield CounterMetricFamily(
+            "goophry_recoveries_total",
+            "Dead instances whose in-flight entries this instance put back.",
+            stats.recoveries,
         )
-        metric("goophry_uptime_seconds", "gauge", "Seconds since start.", None, self.runtime())
-        return "\n".join(lines) + "\n"
+        yield CounterMetricFamily(
+            "goophry_redis_reconnects_total",
+            "Times Redis came back after being unreachable.",
+            stats.redis_reconnects,
+        )
+        yield GaugeMetricFamily(
+            "goophry_redis_connected", "1 when Redis is reachable.", int(stats.redis_connected())
+        )
+        yield InfoMetricFamily("goophry_build", "The running version.", {"version": __version__})
+
+
+#: The names of today's per-type metrics; C{running} is a gauge, the rest counters.
+_TYPE_COUNTERS = (
+    ("goophry_tasks_started_total", "Tasks started.", "started"),
+    ("goophry_tasks_succeeded_total", "Tasks that succeeded.", "succeeded"),
+    ("goophry_tasks_failed_total", "Tasks that failed.", "failed"),
+    ("goophry_entries_invalid_total", "Invalid entries stored.", "invalid"),
+    ("goophry_entries_requeued_total", "Entries put back at shutdown.", "requeued"),
+    ("goophry_tasks_running", "Tasks running now.", "running"),
+)
+
+_BUCKET_LABELS = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]
+
+_QUEUE_GAUGES = (
+    ("goophry_queue_length", "Entries waiting in the queue.", "queued"),
+    ("goophry_inflight_entries", "Entries taken by any instance and not finished.", "inflight"),
+    ("goophry_failed_entries", "Entries in the failed list.", "failed"),
+)
+
+
+def metrics_registry(stats: Stats) -> CollectorRegistry:
+    """
+    A registry of our own, not prometheus_client's global one: it holds
+    the stats and this process's C{process_*} metrics, nothing else.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    ProcessCollector(registry=registry)
+    return registry
 
 
 def pattern_matches(pattern: str, path: str) -> bool:
@@ -131,6 +386,7 @@ class StatsResource(Resource):
         self._stats = stats
         self._pattern = pattern
         self._metrics_pattern = metrics_pattern
+        self._registry = metrics_registry(stats)
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802 (Twisted's name)
         path = unquote((request.path or b"/").decode("utf-8", "replace"))
@@ -140,8 +396,7 @@ class StatsResource(Resource):
             request.setHeader(b"location", quote(cleaned).encode("ascii"))
             return b""
         if pattern_matches(self._metrics_pattern, path):
-            request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-            return self._stats.as_prometheus().encode("utf-8")
+            return self._metrics(request)
         if pattern_matches(self._pattern, path):
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(self._stats.as_json()).encode("utf-8")
@@ -153,6 +408,16 @@ class StatsResource(Resource):
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"404 page not found\n"
+
+    def _metrics(self, request: Request) -> bytes:
+        # Collecting is synchronous and cannot wait for Redis: the queue
+        # figures served are the cached ones, and a read for the next scrape
+        # starts here when they are old.
+        self._stats.refresh_queues()
+        accept = request.getHeader(b"accept") or b""
+        encode, content_type = choose_encoder(accept.decode("latin-1"))
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return encode(self._registry)
 
     render_HEAD = render_GET
     # Go's handler answered whatever the method.

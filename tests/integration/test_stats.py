@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
+import urllib.request
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 import trustme
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from goophry_tx import __version__
+from goophry_tx.keys import Keys
+from goophry_tx.redis import RedisHealth, RedisLink
+from goophry_tx.stats import QueueFigures, queue_figures
 from tests.conftest import TLSFiles
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess, free_port, wait_for
 from tests.integration.conftest import Goophry, http_get, stats_when
 
 pytestmark = pytest.mark.integration
@@ -65,6 +80,7 @@ def test_stats_json_counts_what_happened(
     assert stats["Succeeded"] == {"ok": 3, "bad": 0, "idle": 0}
     assert stats["Failed"] == {"ok": 0, "bad": 1, "idle": 0}
     assert stats["Invalid"] == {"ok": 0, "bad": 1, "idle": 0}
+    assert stats["Paused"] == {"ok": False, "bad": False, "idle": False}
     assert stats["Version"] == __version__
     # The original's fields come first, in its order.
     assert list(stats)[:3] == ["Runtime", "TaskCount", "Version"]
@@ -132,7 +148,12 @@ def test_stats_pattern_follows_go_mux_rules(
         assert reply.headers["Location"].endswith("/stats/")
 
 
-METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{type="[^"]*"\})? (-?[0-9.e+]+)$')
+def _families(text: str) -> dict[str, Metric]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _by_type(family: Metric, sample: str) -> dict[str, float]:
+    return {s.labels["type"]: s.value for s in family.samples if s.name == sample}
 
 
 def test_metrics_are_prometheus_text(
@@ -154,29 +175,122 @@ def test_metrics_are_prometheus_text(
     assert "version=0.0.4" in reply.content_type
     text = reply.body.decode()
     assert text.endswith("\n")
+    found = _families(text)
 
-    types: dict[str, str] = {}
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ", 3)
-            types[name] = kind
-        elif line.startswith("# HELP "):
-            continue
-        else:
-            match = METRIC_LINE.match(line)
-            assert match, f"not a sample line: {line!r}"
-            name = match.group(1)
-            assert name in types, f"{name} has no # TYPE before it"
-            samples[name + (match.group(2) or "")] = float(match.group(3))
-    for name, kind in types.items():
-        assert name.startswith("goophry_")
-        assert kind in ("counter", "gauge")
-        assert (kind == "counter") == name.endswith("_total"), name
-    assert samples['goophry_tasks_started_total{type="ok"}'] == 2
-    assert samples['goophry_tasks_succeeded_total{type="ok"}'] == 2
-    assert samples['goophry_tasks_failed_total{type="bad"}'] == 1
-    assert samples['goophry_tasks_started_total{type="idle"}'] == 0
+    kinds = {name: family.type for name, family in found.items()}
+    for name, kind in {
+        "goophry_tasks_started": "counter",
+        "goophry_tasks_succeeded": "counter",
+        "goophry_tasks_failed": "counter",
+        "goophry_entries_invalid": "counter",
+        "goophry_entries_requeued": "counter",
+        "goophry_tasks_running": "gauge",
+        "goophry_task_duration_seconds": "histogram",
+        "goophry_failures": "counter",
+        "goophry_recoveries": "counter",
+        "goophry_redis_reconnects": "counter",
+        "goophry_redis_connected": "gauge",
+        "goophry_build_info": "gauge",
+        "process_start_time_seconds": "gauge",
+        "process_cpu_seconds": "counter",
+    }.items():
+        assert kinds.get(name) == kind, name
+    assert "goophry_uptime_seconds" not in found
+    for name in found:
+        assert name.startswith(("goophry_", "process_")), name
+
+    assert _by_type(found["goophry_tasks_started"], "goophry_tasks_started_total") == {
+        "ok": 2,
+        "bad": 1,
+        "idle": 0,
+    }
+    assert _by_type(found["goophry_tasks_succeeded"], "goophry_tasks_succeeded_total")["ok"] == 2
+    assert _by_type(found["goophry_tasks_failed"], "goophry_tasks_failed_total")["bad"] == 1
+    assert found["goophry_redis_connected"].samples[0].value == 1
+    [build] = found["goophry_build_info"].samples
+    assert build.labels == {"version": __version__}
+    # The daemon's own process, not the test's.
+    [started] = found["process_start_time_seconds"].samples
+    assert started.value > time.time() - 600
+    # Each type has the whole histogram and every failure reason.  The
+    # counts come from the recorder's observe() and failed_with() calls.
+    histogram = found["goophry_task_duration_seconds"]
+    buckets = [s for s in histogram.samples if s.name.endswith("_bucket")]
+    assert len(buckets) == 3 * 19
+    assert set(_by_type(histogram, "goophry_task_duration_seconds_count")) == {"ok", "bad", "idle"}
+    reasons = {(s.labels["type"], s.labels["reason"]) for s in found["goophry_failures"].samples}
+    assert len(reasons) == 3 * 7
+
+
+def test_metrics_in_openmetrics_when_asked(
+    goophry: Goophry,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    stats_address: str,
+) -> None:
+    cfg = _stats_config(goophry, write_config, stats_address)
+    goophry.started(run_daemon(cfg))
+    goophry.push_args("ok", "1")
+    stats_when(stats_address, lambda s: s["Succeeded"]["ok"] == 1)
+
+    request = urllib.request.Request(
+        f"http://{stats_address}/metrics",
+        # What Prometheus sends.
+        headers={
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        },
+    )
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        content_type = reply.headers["Content-Type"]
+        text = reply.read().decode()
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert text.endswith("# EOF\n")
+    found = {f.name: f for f in openmetrics_families(text)}
+    assert found["goophry_build"].type == "info"
+    assert _by_type(found["goophry_tasks_succeeded"], "goophry_tasks_succeeded_total")["ok"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_queue_figures_read_what_running_daemons_hold(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+) -> Generator[Deferred[Any], Any, None]:
+    release = tmp_path / "release"
+    wait = goophry.script(
+        "wait.sh",
+        f"i=0\nwhile [ ! -e {release} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+    )
+    bad = goophry.script("bad.sh", "exit 1")
+    tasks = [{"Type": "w", "Script": str(wait)}, {"Type": "bad", "Script": str(bad)}]
+    # Two instances, one entry in flight in each.
+    cfg = write_config(Tasks=tasks, FailedTasksTTL=60)
+    for _ in range(2):
+        goophry.started(run_daemon(cfg))
+    for n in range(5):
+        goophry.push_args("w", str(n))
+    goophry.push_args("bad", "x")
+    goophry.wait_failed("bad")
+    wait_for(lambda: goophry.llen(goophry.queue("w")) == 3, 10, message="two entries taken")
+
+    health = RedisHealth(reactor, goophry.redis.address)
+    endpoint = TCP4ClientEndpoint(reactor, goophry.redis.host, goophry.redis.port, timeout=5)
+    link = RedisLink(reactor, endpoint, health, name="test")
+    link.startService()
+    try:
+        yield link.when_connected().addTimeout(10, reactor)
+        figures = yield queue_figures(link, Keys(goophry.key), ["w", "bad", "idle"]).addTimeout(
+            10, reactor
+        )
+    finally:
+        release.touch()
+        yield link.stopService()
+    assert figures == {
+        "w": QueueFigures(queued=3, inflight=2, failed=0),
+        "bad": QueueFigures(queued=0, inflight=0, failed=1),
+        "idle": QueueFigures(queued=0, inflight=0, failed=0),
+    }
 
 
 def test_stats_over_https_with_a_chain(
