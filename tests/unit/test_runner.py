@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from goophry_tx.runner import ScriptRunner
+from goophry_tx.process.runner import ScriptRunner
 from tests.unit.fakes import (
     FakeProcessTransport,
     MemoryProcessReactor,

@@ -22,7 +22,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from goophry_tx.spawn import PosixSpawner
+from goophry_tx.process.spawn import PosixSpawner
 
 pytestmark = pytest.mark.real_process
 
