@@ -101,6 +101,8 @@ def _ignored_signals() -> tuple[int, ...]:
             if signal.getsignal(number) == signal.SIG_IGN:
                 ignored.add(number)
         except (ValueError, OSError):
+            # A signal Python cannot look at (SIGKILL, SIGSTOP, realtime
+            # ones on some systems) cannot have been ignored by us either.
             pass
     return tuple(sorted(ignored))
 
@@ -367,9 +369,9 @@ class SpawnedProcess:
             return
         try:
             os.killpg(self._pgid, number)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
+            # The group has gone, or is left with members we may not signal
+            # (a setuid program): there is nothing of ours to stop.
             pass
 
     def closeStdin(self) -> None:
