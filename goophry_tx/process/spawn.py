@@ -101,8 +101,8 @@ def _ignored_signals() -> tuple[int, ...]:
             if signal.getsignal(number) == signal.SIG_IGN:
                 ignored.add(number)
         except (ValueError, OSError):
-            # A signal Python cannot look at (SIGKILL, SIGSTOP, realtime
-            # ones on some systems) cannot have been ignored by us either.
+            # A signal this platform will not let Python look at cannot
+            # have been set to SIG_IGN through Python either.
             pass
     return tuple(sorted(ignored))
 
