@@ -1,4 +1,4 @@
-"""goophry_tx.runner: ScriptRunner against a memory process reactor and a Clock."""
+"""goophry_tx.process.runner: ScriptRunner against a memory process reactor and a Clock."""
 
 from __future__ import annotations
 
