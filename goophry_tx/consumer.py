@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from goophry_tx.config import TaskType
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.process.runner import RunningScript, ScriptRunner
 from goophry_tx.redis import ConnectionError, RedisLink, ResponseError, is_transient
-from goophry_tx.runner import RunningScript, ScriptRunner
 from goophry_tx.stats import TypeCounters
 from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
 

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
+from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import Command, ConnectionError, RedisLink, is_transient
-from goophry_tx.runner import ScriptRunner
 from goophry_tx.task import InvalidEntry, Outcome, Task, error_script_message, failed_entry
 
 # Removes each finished entry (ARGV) once from the in-flight list (KEYS[1]).

@@ -34,10 +34,10 @@ from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.process.runner import ScriptRunner
+from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import Abandoned, HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
-from goophry_tx.runner import ScriptRunner
-from goophry_tx.spawn import PosixSpawner
 from goophry_tx.stats import Stats, StatsResource
 from goophry_tx.task import Task, parse_entry
 from goophry_tx.tls import server_tls_options

@@ -9,6 +9,7 @@ touches real time, real processes or a real Redis.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IRe
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from goophry_tx.process.spawn import SpawnError
 from goophry_tx.redis import Command, ConnectionError
 
 T = TypeVar("T")
@@ -83,38 +85,38 @@ class FakeProcessTransport:
     closed_fds: list[int] = attrs.Factory(list)
     written: list[tuple[int, bytes]] = attrs.Factory(list)
 
-    def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
+    def signalProcess(self, signalID: str | int) -> None:
         self.signals.append(signalID)
 
-    def closeStdin(self) -> None:  # noqa: N802
+    def closeStdin(self) -> None:
         self.stdin_closed = True
 
-    def closeStdout(self) -> None:  # noqa: N802
+    def closeStdout(self) -> None:
         self.closed_fds.append(1)
 
-    def closeStderr(self) -> None:  # noqa: N802
+    def closeStderr(self) -> None:
         self.closed_fds.append(2)
 
-    def closeChildFD(self, descriptor: int) -> None:  # noqa: N802
+    def closeChildFD(self, descriptor: int) -> None:
         self.closed_fds.append(descriptor)
 
-    def writeToChild(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+    def writeToChild(self, childFD: int, data: bytes) -> None:
         self.written.append((childFD, data))
 
     def write(self, data: bytes) -> None:
         self.written.append((0, data))
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:  # noqa: N802
+    def writeSequence(self, data: Sequence[bytes]) -> None:
         for chunk in data:
             self.write(chunk)
 
-    def loseConnection(self) -> None:  # noqa: N802
+    def loseConnection(self) -> None:
         self.lose_connection_calls += 1
 
-    def getPeer(self) -> Any:  # noqa: N802
+    def getPeer(self) -> Any:
         return ("process", self.pid)
 
-    def getHost(self) -> Any:  # noqa: N802
+    def getHost(self) -> Any:
         return ("process", 1)
 
 
@@ -138,7 +140,29 @@ class SpawnedProcess:
 
     def end(self, exit_code: int | None = 0, signal: int | None = None) -> None:
         """The child exits and its pipes close: processExited, then processEnded."""
-        reason = _reason(exit_code, signal)
+        self._finish(_reason(exit_code, signal))
+
+    def start(self, pid: int) -> None:
+        """The child of a spawn that returned before it started runs now, as C{pid}."""
+        assert self.transport.pid is None, "the child has started already"
+        self.transport.pid = pid
+
+    def fail_to_start(self, error: OSError) -> None:
+        """
+        The child of a spawn that returned before it started cannot start:
+        the protocol learns of it as L{PosixSpawner} tells it then.
+        """
+        assert self.transport.pid is None, "the child has started already"
+        self._finish(SpawnError(error))
+
+    def reaped_elsewhere(self) -> None:
+        """
+        The child was reaped by someone else (C{SIGCHLD} ignored, another
+        C{waitpid}): its status is lost, as L{PosixSpawner} tells it.
+        """
+        self._finish(ChildProcessError(errno.ECHILD, os.strerror(errno.ECHILD)))
+
+    def _finish(self, reason: Exception) -> None:
         self.protocol.processExited(Failure(reason))
         self.protocol.processEnded(Failure(reason))
 
@@ -152,32 +176,39 @@ def _reason(exit_code: int | None, signal: int | None) -> Exception:
 @implementer(IReactorProcess)
 class MemoryProcessReactor:
     """
-    Records every spawn; starts nothing.  Set C{spawn_error} to make the
-    next spawn raise, as C{posix_spawn} does for a missing script.
+    Records every spawn; starts nothing.
+
+    @ivar spawn_error: makes the next spawn raise it, as C{posix_spawn} does
+        for a missing script.
+    @ivar start_later: spawns return before their child has started, with
+        no pid yet, as L{PosixSpawner} does when it spawns from threads; the
+        test then calls L{SpawnedProcess.start} or
+        L{SpawnedProcess.fail_to_start}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start_later: bool = False) -> None:
         self.spawned: list[SpawnedProcess] = []
         self.spawn_error: BaseException | None = None
+        self.start_later = start_later
         self._next_pid = 1000
 
-    def spawnProcess(  # noqa: N802
+    def spawnProcess(
         self,
-        processProtocol: IProcessProtocol,  # noqa: N803
+        processProtocol: IProcessProtocol,
         executable: bytes | str,
         args: Sequence[bytes | str] = (),
         env: Mapping[Any, Any] | None = None,
         path: bytes | str | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        usePTY: bool = False,  # noqa: N803
-        childFDs: Mapping[int, object] | None = None,  # noqa: N803
+        usePTY: bool = False,
+        childFDs: Mapping[int, object] | None = None,
     ) -> FakeProcessTransport:
         error, self.spawn_error = self.spawn_error, None
         if error is not None:
             raise error
         self._next_pid += 1
-        transport = FakeProcessTransport(pid=self._next_pid)
+        transport = FakeProcessTransport(pid=None if self.start_later else self._next_pid)
         self.spawned.append(SpawnedProcess(executable, list(args), env, processProtocol, transport))
         processProtocol.makeConnection(transport)
         return transport

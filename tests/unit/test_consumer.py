@@ -14,8 +14,8 @@ from goophry_tx.config import TaskType
 from goophry_tx.consumer import RECONCILE_SCRIPT, Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import ResponseError
-from goophry_tx.runner import ScriptRunner
 from goophry_tx.stats import TypeCounters
 from tests.unit.fakes import (
     FakeRedisLink,

@@ -1,4 +1,4 @@
-"""goophry_tx.runner: ScriptRunner against a memory process reactor and a Clock."""
+"""goophry_tx.process.runner: ScriptRunner against a memory process reactor and a Clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from goophry_tx.runner import ScriptRunner
+from goophry_tx.process.runner import ScriptRunner
 from tests.unit.fakes import (
     FakeProcessTransport,
     MemoryProcessReactor,
@@ -247,3 +247,74 @@ def test_a_stopped_script_that_exits_in_the_grace_still_gets_its_group_killed(
     assert success_result_of(run.done).signal == signal.SIGTERM
     clock.advance(5.0)
     assert processes.last.transport.signals == ["TERM", "KILL"]
+
+
+# A spawner that spawns from threads returns before the child has started,
+# and tells the protocol later whether it could.
+
+
+@pytest.fixture
+def later() -> MemoryProcessReactor:
+    return MemoryProcessReactor(start_later=True)
+
+
+def test_a_start_failure_that_comes_later_is_an_outcome(
+    later: MemoryProcessReactor, clock: Clock
+) -> None:
+    runner = ScriptRunner(later, clock, kill_grace=5.0)
+    run = runner.run(SCRIPT, ("a",), timeout=5.0)
+    assert run.pid is None
+    assert_no_result(run.done)
+    later.last.fail_to_start(enoent(SCRIPT))
+    outcome = success_result_of(run.done)
+    assert outcome.start_error == f"fork/exec {SCRIPT}: no such file or directory"
+    assert not outcome.succeeded
+    # The timeout's timer goes with the run.
+    assert not clock.getDelayedCalls()
+    run.stop()  # nothing to stop
+    assert not run.stopped
+    assert later.last.transport.signals == []
+
+
+def test_a_stop_before_a_late_start_failure_leaves_no_kill_timer(
+    later: MemoryProcessReactor, clock: Clock
+) -> None:
+    runner = ScriptRunner(later, clock, kill_grace=5.0)
+    run = runner.run(SCRIPT, ())
+    run.stop()
+    assert later.last.transport.signals == ["TERM"]
+    later.last.fail_to_start(PermissionError(13, "Permission denied"))
+    outcome = success_result_of(run.done)
+    assert outcome.start_error == f"fork/exec {SCRIPT}: permission denied"
+    # Nothing started, so there is no group to SIGKILL after the grace.
+    assert not clock.getDelayedCalls()
+
+
+def test_a_script_that_starts_later_runs_as_any_other(
+    later: MemoryProcessReactor, clock: Clock
+) -> None:
+    runner = ScriptRunner(later, clock, kill_grace=5.0)
+    run = runner.run(SCRIPT, (), timeout=30.0)
+    later.last.start(4242)
+    clock.advance(30.0)
+    assert later.last.transport.signals == ["TERM"]
+    later.last.end(None, signal=signal.SIGTERM)
+    outcome = success_result_of(run.done)
+    assert outcome.error_message() == "timed out after 30s (signal: terminated)"
+
+
+def test_a_script_reaped_elsewhere_is_a_failure(
+    runner: ScriptRunner, processes: MemoryProcessReactor, clock: Clock
+) -> None:
+    run = runner.run(SCRIPT, (), timeout=30.0)
+    processes.last.output(b"partial")
+    clock.advance(1.0)
+    processes.last.reaped_elsewhere()
+    outcome = success_result_of(run.done)
+    assert not outcome.succeeded
+    assert outcome.exit_code is None
+    assert outcome.error_message() == (
+        f"wait: no child processes (the exit status of {SCRIPT} is lost)"
+    )
+    assert (outcome.output, outcome.duration) == (b"partial", 1.0)
+    assert not clock.getDelayedCalls()

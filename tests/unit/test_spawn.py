@@ -1,12 +1,15 @@
-"""goophry_tx.spawn: PosixSpawner with real (short) /bin/sh children on the real reactor.
+"""goophry_tx.process.spawn: PosixSpawner with real (short) /bin/sh children on the real reactor.
 
 These are the only unit tests that start processes: the spawner's whole job
 is the system calls, so a fake would prove nothing.  Each takes milliseconds;
-every wait is bounded so that a regression fails instead of hanging.
+every wait is bounded so that a regression fails instead of hanging.  Every
+test runs twice: spawning in the reactor's thread (C{threads=0}), and from
+spawning threads as the daemon does (C{threads=2}).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Generator, Iterator
@@ -22,7 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from goophry_tx.spawn import PosixSpawner
+from goophry_tx.process import libc_spawn
+from goophry_tx.process.spawn import PosixSpawner, SpawnError
 
 pytestmark = pytest.mark.real_process
 
@@ -42,7 +46,7 @@ class Recorder(ProcessProtocol):
         self.output_at_exit: bytes | None = None
         self._waiting: list[tuple[bytes, Deferred[None]]] = []
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.fds.add(childFD)
         self.output += data
         for item in list(self._waiting):
@@ -50,11 +54,11 @@ class Recorder(ProcessProtocol):
                 self._waiting.remove(item)
                 item[1].callback(None)
 
-    def processExited(self, reason: Failure) -> None:  # noqa: N802
+    def processExited(self, reason: Failure) -> None:
         self.output_at_exit = self.output
         self.exited.callback(reason.value)
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802
+    def processEnded(self, reason: Failure) -> None:
         self.ended.callback(reason.value)
 
     def wait_for(self, text: bytes) -> Deferred[None]:
@@ -64,9 +68,17 @@ class Recorder(ProcessProtocol):
         return d.addTimeout(WAIT, reactor)
 
 
+@pytest.fixture(params=[0, 2], ids=["inline", "threads"])
+def threads(request: pytest.FixtureRequest) -> int:
+    """How many spawning threads the spawner has: none, or the daemon's two."""
+    if request.param and not libc_spawn.available():
+        pytest.skip("libc's posix_spawn cannot be called here")
+    return int(request.param)
+
+
 @pytest.fixture
-def spawner() -> Iterator[PosixSpawner]:
-    spawner = PosixSpawner(reactor)  # type: ignore[arg-type]
+def spawner(threads: int) -> Iterator[PosixSpawner]:
+    spawner = PosixSpawner(reactor, threads=threads)  # type: ignore[arg-type]
     yield spawner
     spawner.close()
 
@@ -86,6 +98,8 @@ def groups() -> Iterator[list[int]]:
 def sh(spawner: PosixSpawner, groups: list[int], command: str) -> tuple[Recorder, Any]:
     protocol = Recorder()
     transport = spawner.spawnProcess(protocol, SH, [SH, "-c", command])
+    # With nothing else running, even the threaded spawner starts it at once.
+    assert transport.pid is not None
     groups.append(transport.pid)
     return protocol, transport
 
@@ -203,10 +217,67 @@ def test_kill_ends_the_child(
     transport.signalProcess("TERM")
 
 
-def test_a_missing_executable_raises(spawner: PosixSpawner, tmp_path: Any) -> None:
+@pytest_twisted.inlineCallbacks
+def test_several_children_at_once(
+    spawner: PosixSpawner, threads: int, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    # With threads, the first starts at once and the others are handed to
+    # the threads while it runs; each must still get its own output and status.
+    protocols = []
+    handed_over = 0
+    for n in range(1, 7):
+        protocol = Recorder()
+        transport = spawner.spawnProcess(protocol, SH, [SH, "-c", f"echo {n}; exit {n}"])
+        if transport.pid is None:
+            handed_over += 1
+        else:
+            groups.append(transport.pid)
+        protocols.append(protocol)
+    # The reactor has not turned since: no child has ended to free the way.
+    assert handed_over == (5 if threads else 0)
+    for n, protocol in enumerate(protocols, 1):
+        reason = yield bounded(protocol.ended)
+        assert isinstance(reason, ProcessTerminated)
+        assert reason.exitCode == n
+        assert protocol.output == f"{n}\n".encode()
+    assert spawner.live == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_child_reaped_elsewhere_is_a_failure_not_exit_0(
+    spawner: PosixSpawner, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    protocol, transport = sh(spawner, groups, "exit 0")
+    # Reap it before the reactor can (as with SIGCHLD ignored): its status
+    # is lost to the spawner, which must not report a clean exit.
+    os.waitpid(transport.pid, 0)
+    reason = yield bounded(protocol.exited)
+    assert isinstance(reason, ChildProcessError)
+    assert reason.errno == errno.ECHILD
+    ended = yield bounded(protocol.ended)
+    assert isinstance(ended, ChildProcessError)
+    assert spawner.live == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_missing_executable_fails_to_start(
+    spawner: PosixSpawner, threads: int, tmp_path: Any
+) -> Generator[Deferred[Any], Any, None]:
     missing = str(tmp_path / "absent.sh")
-    with pytest.raises(FileNotFoundError):
-        spawner.spawnProcess(Recorder(), missing, [missing])
+    protocol = Recorder()
+    if not threads:
+        with pytest.raises(FileNotFoundError):
+            spawner.spawnProcess(protocol, missing, [missing])
+        return
+    # From the threads, spawnProcess returns and the protocol learns of it.
+    transport = spawner.spawnProcess(protocol, missing, [missing])
+    reason = yield bounded(protocol.exited)
+    assert isinstance(reason, SpawnError)
+    assert reason.error.errno == errno.ENOENT
+    ended = yield bounded(protocol.ended)
+    assert isinstance(ended, SpawnError)
+    assert transport.pid is None
+    assert spawner.live == 0
 
 
 def test_a_nul_byte_in_an_argument_raises(spawner: PosixSpawner) -> None:

@@ -18,7 +18,10 @@ process per task, so this module does the least that is correct instead:
 
 L{PosixSpawner} offers this as L{IReactorProcess}, so the runner can be
 tested against any fake process reactor, and delivers a script's output
-before its C{processExited}.
+before its C{processExited}.  A child that cannot be started ends with a
+L{SpawnError}; one that something else reaped (C{SIGCHLD} ignored, another
+C{waitpid}) ends with the C{ChildProcessError} that says so, never as a
+clean exit.
 """
 
 from __future__ import annotations
@@ -29,21 +32,21 @@ import os
 import select
 import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Protocol
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IProcessProtocol,
     IProcessTransport,
-    IReactorFDSet,
     IReactorProcess,
-    IReactorTime,
+    IReadDescriptor,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from goophry_tx import libc_spawn
-from goophry_tx.libc_spawn import LibcSpawner
+from goophry_tx.process import libc_spawn
+from goophry_tx.process.libc_spawn import LibcSpawner
 
 _READ_SIZE = 65536
 
@@ -54,8 +57,36 @@ EXIT_WATCH_DELAY = 0.05
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
 
 
+class SpawnReactor(Protocol):
+    """
+    What L{PosixSpawner} uses of the reactor: the parts of
+    L{IReactorFDSet<twisted.internet.interfaces.IReactorFDSet>},
+    L{IReactorTime<twisted.internet.interfaces.IReactorTime>} and
+    L{IReactorFromThreads<twisted.internet.interfaces.IReactorFromThreads>}
+    that it calls.  Any Twisted reactor on POSIX provides them.
+    """
+
+    def addReader(self, reader: IReadDescriptor) -> None: ...
+
+    def removeReader(self, reader: IReadDescriptor) -> None: ...
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> IDelayedCall: ...
+
+    def callFromThread(
+        self, callable: Callable[..., Any], *args: object, **kwargs: object
+    ) -> None: ...
+
+
 class SpawnError(Exception):
-    """The child could not be started; C{error} is the OSError saying why."""
+    """
+    The child could not be started.
+
+    @ivar error: the C{OSError} saying why.
+    """
 
     def __init__(self, error: OSError) -> None:
         super().__init__(str(error))
@@ -70,10 +101,13 @@ def _ignored_signals() -> tuple[int, ...]:
             if signal.getsignal(number) == signal.SIG_IGN:
                 ignored.add(number)
         except (ValueError, OSError):
+            # A signal this platform will not let Python look at cannot
+            # have been set to SIG_IGN through Python either.
             pass
     return tuple(sorted(ignored))
 
 
+@implementer(IReadDescriptor)
 class _Reader:
     """
     A file descriptor the reactor watches for one of our children.
@@ -83,20 +117,25 @@ class _Reader:
     C{doRead}: both mean "read now" here.
     """
 
-    def __init__(self, fd: int, on_read: Any) -> None:
+    #: Called when C{fd} is readable; an attribute, not a method, so that a
+    #: read costs no extra call.
+    doRead: Callable[[], None]
+
+    def __init__(self, fd: int, on_read: Callable[[], None]) -> None:
         self.fd = fd
         self.doRead = on_read
 
     def fileno(self) -> int:
         return self.fd
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
+    def connectionLost(self, reason: Failure) -> None:
         self.doRead()
 
-    def logPrefix(self) -> str:  # noqa: N802
+    def logPrefix(self) -> str:
         return "goophry-child"
 
 
+@implementer(IReadDescriptor)
 class _ChildPoller:
     """
     One epoll set for every child's descriptors, watched by the reactor as
@@ -104,38 +143,38 @@ class _ChildPoller:
     It offers the reactor's C{addReader}/C{removeReader} for L{_Reader}s.
     """
 
-    def __init__(self, reactor: IReactorFDSet) -> None:
+    def __init__(self, reactor: SpawnReactor) -> None:
         self._reactor = reactor
         self._epoll = select.epoll()
         self._readers: dict[int, _Reader] = {}
-        reactor.addReader(self)  # type: ignore[arg-type]
+        reactor.addReader(self)
 
     def fileno(self) -> int:
         return self._epoll.fileno()
 
-    def addReader(self, reader: _Reader) -> None:  # noqa: N802 (the reactor's name)
+    def addReader(self, reader: _Reader) -> None:
         self._epoll.register(reader.fd, select.EPOLLIN)
         self._readers[reader.fd] = reader
 
-    def removeReader(self, reader: _Reader) -> None:  # noqa: N802
+    def removeReader(self, reader: _Reader) -> None:
         if self._readers.get(reader.fd) is reader:
             del self._readers[reader.fd]
             self._epoll.unregister(reader.fd)
 
-    def doRead(self) -> None:  # noqa: N802
+    def doRead(self) -> None:
         for fd, _ in self._epoll.poll(0):
             reader = self._readers.get(fd)
             if reader is not None:
                 reader.doRead()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
-        pass
+    def connectionLost(self, reason: Failure) -> None:
+        """The epoll descriptor is ours: only L{close} ends it."""
 
-    def logPrefix(self) -> str:  # noqa: N802
+    def logPrefix(self) -> str:
         return "goophry-children"
 
     def close(self) -> None:
-        self._reactor.removeReader(self)  # type: ignore[arg-type]
+        self._reactor.removeReader(self)
         self._epoll.close()
 
 
@@ -149,15 +188,26 @@ class SpawnedProcess:
 
     def __init__(
         self,
-        reactor: IReactorFDSet | _ChildPoller,
+        readers: SpawnReactor | _ChildPoller,
+        clock: SpawnReactor,
         protocol: IProcessProtocol,
         out_fd: int | None,
         on_end: Callable[[], object] | None = None,
         watch: Callable[[SpawnedProcess], object] | None = None,
-        clock: IReactorTime | None = None,
     ) -> None:
-        self._reactor = reactor
-        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        """
+        @param readers: what watches the child's descriptors: the reactor,
+            or the spawner's L{_ChildPoller}.
+        @param clock: the reactor, to poll for the exit where there is no
+            pidfd.
+        @param out_fd: the output pipe, or C{None} until L{_spawned} gives it.
+        @param on_end: called once when the child has ended or failed to
+            start.
+        @param watch: called with this transport once the child runs, to
+            arrange L{watch_exit} later; without it, that is done at once.
+        """
+        self._reactor = readers
+        self._clock = clock
         self._on_end = on_end
         self._watch = watch
         self.proto = protocol
@@ -171,7 +221,7 @@ class SpawnedProcess:
 
     def _read_from(self, out_fd: int) -> None:
         self._out = _Reader(out_fd, self._read_output)
-        self._reactor.addReader(self._out)  # type: ignore[arg-type]
+        self._reactor.addReader(self._out)
 
     def _spawned(self, pid: int, error: int, out_fd: int = -1) -> None:
         """
@@ -212,7 +262,7 @@ class SpawnedProcess:
             self._poll_exit()
             return
         self._exit = _Reader(pidfd, self._exited)
-        self._reactor.addReader(self._exit)  # type: ignore[arg-type]
+        self._reactor.addReader(self._exit)
 
     # Output
 
@@ -234,8 +284,9 @@ class SpawnedProcess:
             # Most scripts close their output by exiting: reap it now if so.
             try:
                 reaped, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                reaped, status = self.pid, 0
+            except ChildProcessError as e:
+                self._ended(e)
+                return
             if reaped:
                 self._ended(status)
             else:
@@ -258,7 +309,7 @@ class SpawnedProcess:
     def _close_output(self) -> None:
         reader, self._out = self._out, None
         if reader is not None:
-            self._reactor.removeReader(reader)  # type: ignore[arg-type]
+            self._reactor.removeReader(reader)
             os.close(reader.fd)
             self.proto.childConnectionLost(1)
 
@@ -270,8 +321,9 @@ class SpawnedProcess:
             return
         try:
             reaped, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            reaped, status = pid, 0
+        except ChildProcessError as e:
+            self._ended(e)
+            return
         if reaped == 0:
             return
         self._ended(status)
@@ -281,17 +333,24 @@ class SpawnedProcess:
         if self.pid is not None:
             self._clock.callLater(0.05, self._poll_exit)
 
-    def _ended(self, status: int) -> None:
+    def _ended(self, status: int | ChildProcessError) -> None:
+        """
+        The child has gone: C{status} is its wait status, or the
+        C{ChildProcessError} of a C{waitpid} that found it reaped already,
+        which leaves its status unknown.
+        """
         self.pid = None
         if self._on_end is not None:
             self._on_end()
         reader, self._exit = self._exit, None
         if reader is not None:
-            self._reactor.removeReader(reader)  # type: ignore[arg-type]
+            self._reactor.removeReader(reader)
             os.close(reader.fd)
         self._drain_output()
-        if os.WIFSIGNALED(status):
-            reason: Exception = ProcessTerminated(None, os.WTERMSIG(status), status)
+        if isinstance(status, ChildProcessError):
+            reason: Exception = status
+        elif os.WIFSIGNALED(status):
+            reason = ProcessTerminated(None, os.WTERMSIG(status), status)
         else:
             code = os.WEXITSTATUS(status)
             reason = ProcessDone(status) if code == 0 else ProcessTerminated(code, None, status)
@@ -302,7 +361,7 @@ class SpawnedProcess:
 
     # IProcessTransport
 
-    def signalProcess(self, signalID: str | int) -> None:  # noqa: N802, N803
+    def signalProcess(self, signalID: str | int) -> None:
         """Signal the child's process group (the group outlives the child)."""
         number = _SIGNALS[signalID] if isinstance(signalID, str) else signalID
         if self._pgid is None:
@@ -310,40 +369,40 @@ class SpawnedProcess:
             return
         try:
             os.killpg(self._pgid, number)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
+            # The group has gone, or is left with members we may not signal
+            # (a setuid program): there is nothing of ours to stop.
             pass
 
-    def closeStdin(self) -> None:  # noqa: N802
-        """stdin is /dev/null already."""
+    def closeStdin(self) -> None:
+        """Nothing to do: stdin is C{/dev/null} already."""
 
-    def closeStdout(self) -> None:  # noqa: N802
+    def closeStdout(self) -> None:
         self._close_output()
 
-    def closeStderr(self) -> None:  # noqa: N802
+    def closeStderr(self) -> None:
         self._close_output()
 
-    def closeChildFD(self, descriptor: int) -> None:  # noqa: N802
+    def closeChildFD(self, descriptor: int) -> None:
         if descriptor in (1, 2):
             self._close_output()
 
-    def writeToChild(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+    def writeToChild(self, childFD: int, data: bytes) -> None:
         raise OSError(errno.EBADF, "the child's stdin is /dev/null")
 
-    def loseConnection(self) -> None:  # noqa: N802
+    def loseConnection(self) -> None:
         self._close_output()
 
     def write(self, data: bytes) -> None:
         raise OSError(errno.EBADF, "the child's stdin is /dev/null")
 
-    def writeSequence(self, data: Iterable[bytes]) -> None:  # noqa: N802
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         raise OSError(errno.EBADF, "the child's stdin is /dev/null")
 
-    def getPeer(self) -> Any:  # noqa: N802
+    def getPeer(self) -> Any:
         return ("process", self.pid)
 
-    def getHost(self) -> Any:  # noqa: N802
+    def getHost(self) -> Any:
         return ("process", os.getpid())
 
 
@@ -359,11 +418,13 @@ class PosixSpawner:
 
     def __init__(
         self,
-        reactor: IReactorFDSet,
+        reactor: SpawnReactor,
         environ: Mapping[str, str] | None = None,
         threads: int = 0,
     ) -> None:
         """
+        @param reactor: watches the children's descriptors and keeps time.
+        @param environ: the children's environment; the daemon's by default.
         @param threads: spawn from this many threads, outside the GIL (a
             failure to start then comes as C{processExited} with a
             L{SpawnError}); 0 spawns in the caller's thread, raising.
@@ -377,27 +438,23 @@ class PosixSpawner:
         self.live = 0
         self._poller = _ChildPoller(reactor)
         self._unwatched: collections.deque[tuple[float, SpawnedProcess]] = collections.deque()
-        self._sweep: Any = None
+        self._sweep: IDelayedCall | None = None
         if threads > 0 and libc_spawn.available():
             self._threaded = LibcSpawner(
-                self._environ,
-                self._sigdef,
-                self._devnull,
-                reactor.callFromThread,  # type: ignore[attr-defined]
-                threads,
+                self._environ, self._sigdef, self._devnull, reactor.callFromThread, threads
             )
 
-    def spawnProcess(  # noqa: N802
+    def spawnProcess(
         self,
-        processProtocol: IProcessProtocol,  # noqa: N803
+        processProtocol: IProcessProtocol,
         executable: bytes | str,
         args: Sequence[bytes | str],
         env: Mapping[AnyStr, AnyStr] | None = None,
         path: bytes | str | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        usePTY: bool = False,  # noqa: N803
-        childFDs: Mapping[int, int | str] | None = None,  # noqa: N803
+        usePTY: bool = False,
+        childFDs: Mapping[int, int | str] | None = None,
     ) -> SpawnedProcess:
         if path is not None or uid is not None or gid is not None or usePTY or childFDs:
             raise ValueError("PosixSpawner takes no path, uid, gid, usePTY or childFDs")
@@ -424,7 +481,7 @@ class PosixSpawner:
             raise
         finally:
             os.close(write_fd)
-        transport = SpawnedProcess(self._reactor, processProtocol, read_fd)
+        transport = SpawnedProcess(self._reactor, self._reactor, processProtocol, read_fd)
         processProtocol.makeConnection(transport)
         transport._spawned(pid, 0)
         return transport
@@ -442,12 +499,7 @@ class PosixSpawner:
             # C strings would silently end there.
             raise ValueError("embedded null byte")
         transport = SpawnedProcess(
-            self._poller,
-            protocol,
-            None,
-            self._child_ended,
-            self._watch_later,
-            self._reactor,  # type: ignore[arg-type]
+            self._poller, self._reactor, protocol, None, self._child_ended, self._watch_later
         )
         protocol.makeConnection(transport)
         # Nothing else running: start it at once rather than hand it over.
@@ -461,19 +513,19 @@ class PosixSpawner:
 
     def _watch_later(self, transport: SpawnedProcess) -> None:
         """Give C{transport} a pidfd if its output has not ended by then."""
-        self._unwatched.append((self._reactor.seconds() + EXIT_WATCH_DELAY, transport))  # type: ignore[attr-defined]
+        self._unwatched.append((self._reactor.seconds() + EXIT_WATCH_DELAY, transport))
         if self._sweep is None:
-            self._sweep = self._reactor.callLater(EXIT_WATCH_DELAY, self._watch_due)  # type: ignore[attr-defined]
+            self._sweep = self._reactor.callLater(EXIT_WATCH_DELAY, self._watch_due)
 
     def _watch_due(self) -> None:
         self._sweep = None
-        now = self._reactor.seconds()  # type: ignore[attr-defined]
+        now = self._reactor.seconds()
         pending = self._unwatched
         while pending and pending[0][0] <= now:
             pending.popleft()[1].watch_exit()
         if pending:
             delay = max(0.0, pending[0][0] - now)
-            self._sweep = self._reactor.callLater(delay, self._watch_due)  # type: ignore[attr-defined]
+            self._sweep = self._reactor.callLater(delay, self._watch_due)
 
     def close(self) -> None:
         """Release the /dev/null descriptor and the spawning threads."""

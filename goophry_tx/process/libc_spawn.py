@@ -72,6 +72,7 @@ def available() -> bool:
 
 
 def _strings(values: Iterable[bytes]) -> ctypes.Array[ctypes.c_char_p]:
+    """C{values} as a C array of strings ending in C{NULL}, as argv and envp are."""
     items: list[bytes | None] = list(values)
     items.append(None)
     return (ctypes.c_char_p * len(items))(*items)
@@ -91,6 +92,13 @@ class LibcSpawner:
         deliver: Callable[..., object],
         threads: int = 2,
     ) -> None:
+        """
+        @param environ: the children's environment, encoded once here.
+        @param default_signals: signals reset to their default in the child.
+        @param stdin_fd: the descriptor the children read as stdin.
+        @param deliver: runs a callable in the caller's thread.
+        @param threads: how many spawning threads to start.
+        """
         assert _libc is not None
         self._libc = _libc
         self._deliver = deliver
@@ -155,6 +163,7 @@ class LibcSpawner:
         executable: bytes,
         argv: list[bytes],
     ) -> tuple[int, int, int]:
+        """One spawn, with this thread's buffers: C{(pid, error, fd)} as L{spawn} gives them."""
         libc = self._libc
         try:
             read_fd, out_fd = os.pipe2(os.O_CLOEXEC)
@@ -176,6 +185,7 @@ class LibcSpawner:
         return pid.value, 0, read_fd
 
     def _work(self) -> None:
+        """A spawning thread: spawn each job until C{None} comes."""
         actions = ctypes.create_string_buffer(_OPAQUE)
         pid = ctypes.c_int()
         while True:

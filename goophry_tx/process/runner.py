@@ -2,13 +2,15 @@
 Running one script and telling how it ended.
 
 L{ScriptRunner} starts a script through any L{IReactorProcess} (the daemon
-uses L{goophry_tx.spawn.PosixSpawner}; tests use a fake), captures its
-output up to a limit, enforces its timeout by signalling its process group,
-and fires an L{Outcome}.  The argv goes to the process as a list: no shell
-ever sees an argument.
+uses L{goophry_tx.process.spawn.PosixSpawner}; tests use a fake), captures
+its output up to a limit, enforces its timeout by signalling its process
+group, and fires an L{Outcome}.  The argv goes to the process as a list: no
+shell ever sees an argument.
 """
 
 from __future__ import annotations
+
+import os
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessTerminated
@@ -16,8 +18,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from goophry_tx.spawn import SpawnError
+from goophry_tx.process.spawn import SpawnError
 from goophry_tx.task import Outcome, start_error
+
+
+def _wait_error(script: str, error: OSError) -> str:
+    """
+    The ErrorMessage for a run whose exit status is lost: C{waitpid} found
+    the child reaped already (C{SIGCHLD} ignored, another C{waitpid}).
+
+    @param script: the script that ran.
+    @param error: the C{ChildProcessError} C{waitpid} raised.
+    """
+    reason = os.strerror(error.errno).lower() if error.errno else str(error)
+    return f"wait: {reason} (the exit status of {script} is lost)"
 
 
 class _ScriptProtocol(ProcessProtocol):
@@ -30,7 +44,7 @@ class _ScriptProtocol(ProcessProtocol):
         self._size = 0
         self.truncated = 0
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
         room = self._limit - self._size
         if room > 0:
             kept = data[:room]
@@ -40,23 +54,34 @@ class _ScriptProtocol(ProcessProtocol):
         else:
             self.truncated += len(data)
 
-    def processExited(self, reason: Failure) -> None:  # noqa: N802
+    def processExited(self, reason: Failure) -> None:
         # The exit, not the end of the pipes: a grandchild may hold those.
-        if isinstance(reason.value, SpawnError):
-            self._run._start_failed(reason.value.error)
-            return
         value = reason.value
-        exit_code = getattr(value, "exitCode", 0)
-        sig = getattr(value, "signal", None)
-        if not isinstance(value, ProcessTerminated):
+        lost: str | None = None
+        if isinstance(value, ProcessTerminated):
+            exit_code, sig = value.exitCode, value.signal
+        elif isinstance(value, SpawnError):
+            self._run._start_failed(value.error)
+            return
+        elif isinstance(value, ChildProcessError):
+            exit_code, sig = None, None
+            lost = _wait_error(self._run._script, value)
+        else:
             exit_code, sig = 0, None
-        self._run._exited(exit_code, sig, b"".join(self._chunks), self.truncated)
+        self._run._exited(exit_code, sig, b"".join(self._chunks), self.truncated, lost)
         if self.transport is not None:
             self.transport.loseConnection()
 
 
 class RunningScript:
-    """One script run: its outcome to come, and a way to stop it early."""
+    """
+    One script run: its outcome to come, and a way to stop it early.
+
+    @ivar done: fires with the run's L{Outcome}, never with a failure.
+    @ivar pid: the child's pid when the spawn returned it at once, else
+        C{None}.
+    @ivar stopped: L{stop} was called before the run finished.
+    """
 
     def __init__(
         self, clock: IReactorTime, started: float, kill_grace: float, script: str = ""
@@ -75,6 +100,7 @@ class RunningScript:
 
     @property
     def finished(self) -> bool:
+        """Whether L{done} has fired."""
         return self.done.called
 
     def _signal(self, name: str) -> None:
@@ -108,11 +134,27 @@ class RunningScript:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # A stop may have come before the failure did: no group to kill.
+        if self._killer is not None:
+            self._killer.cancel()
+            self._killer = None
         self.done.callback(Outcome(start_error=start_error(self._script, error)))
 
     def _exited(
-        self, exit_code: int | None, sig: int | None, output: bytes, truncated: int
+        self,
+        exit_code: int | None,
+        sig: int | None,
+        output: bytes,
+        truncated: int,
+        lost: str | None = None,
     ) -> None:
+        """
+        The script has exited.
+
+        @param lost: the ErrorMessage when its exit status is lost; it
+            takes L{Outcome.start_error}'s place, the message of a run that
+            has no status.
+        """
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -124,6 +166,7 @@ class RunningScript:
             signal=sig,
             output=output,
             truncated=truncated,
+            start_error=lost,
             timed_out=self._timed_out,
             duration=self._clock.seconds() - self._started,
         )
@@ -140,6 +183,13 @@ class ScriptRunner:
         output_limit: int = 65536,
         kill_grace: float = 5.0,
     ) -> None:
+        """
+        @param spawner: starts the processes.
+        @param clock: times the runs, their timeouts and the kill grace.
+        @param output_limit: the bytes of output kept per run; the rest is
+            counted.
+        @param kill_grace: seconds between SIGTERM and SIGKILL.
+        """
         self._spawner = spawner
         self._clock = clock
         self._output_limit = output_limit
@@ -149,6 +199,9 @@ class ScriptRunner:
         """
         Start C{script} with C{args}.  Its C{done} fires with an L{Outcome},
         never with a failure: a script that cannot start is an outcome too.
+
+        @param timeout: seconds after which the script's group gets SIGTERM,
+            then SIGKILL after the grace; 0 for none.
         """
         run = RunningScript(self._clock, self._clock.seconds(), self._kill_grace, script)
         protocol = _ScriptProtocol(run, self._output_limit)
