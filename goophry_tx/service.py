@@ -131,9 +131,7 @@ class GoophryService(MultiService):
         site.log = lambda request: None  # type: ignore[method-assign]
         factory: Any = site
         if config.stats_tls_cert_file and config.stats_tls_key_file:
-            options = server_tls_options(
-                config.stats_tls_cert_file, config.stats_tls_key_file, config.path
-            )
+            options = server_tls_options(config.stats_tls_cert_file, config.stats_tls_key_file)
             factory = TLSMemoryBIOFactory(options, False, site)
         service = StreamServerEndpointService(endpoint, factory)
         # A port that cannot be had stops the daemon at start.
