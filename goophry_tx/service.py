@@ -197,8 +197,6 @@ class GoophryService(MultiService):
             address=config.redis_address,
             key=config.redis_queue_key,
         )
-        for warning in config.warnings:
-            self.log.warn("{warning}", warning=warning)
         self._started = Deferred()
         self._stopping = False
         self._stopped_cleanly = False
