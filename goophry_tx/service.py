@@ -27,6 +27,7 @@ from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.notify import SystemdNotifier
 from goophry_tx.recovery import Abandoned, Heartbeat
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.runner import ScriptRunner
@@ -72,8 +73,10 @@ class GoophryService(MultiService):
         verbose: bool = False,
         instance: str | None = None,
         redis_endpoint: IStreamClientEndpoint | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         super().__init__()
+        self.systemd = systemd or SystemdNotifier.from_environment()
         self.config = config
         self._reactor = reactor
         self.verbose = verbose
@@ -287,6 +290,7 @@ class GoophryService(MultiService):
         for consumer in self.consumers:
             consumer.start()
         self._started.callback(None)
+        self.systemd.ready(f"{len(self.consumers)} types")
 
     def _start_failed(self, failure: Any) -> None:
         if not self.running:
@@ -310,6 +314,7 @@ class GoophryService(MultiService):
             running=sum(c.running for c in self.consumers),
         )
         self._stopping = True
+        self.systemd.stopping()
         stopped = DeferredList([c.stop() for c in self.consumers])
         timer = None
         if self.config.shutdown_timeout > 0:
