@@ -22,6 +22,7 @@ import attrs
 from goophry_tx.tls import TLSFileError, server_tls_options
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 #: The values of LogFormat.
 LOG_FORMATS = ("text", "json")
@@ -210,12 +211,12 @@ def _seconds(reader: _Reader, name: str, value: Any) -> float:
     return float(value)
 
 
-def _at_least(reader: _Reader, name: str, value: T, least: T, unit: str = "") -> T:
+def _at_least(reader: _Reader, name: str, value: N, least: N, unit: str = "") -> N:
     """
     Raise C{value} to C{least}, as the original does, with a warning that
     says so.
     """
-    if value < least:  # type: ignore[operator]
+    if value < least:
         reader.warnings.append(
             f"{reader.source}: {reader.where}{name}: {_describe(value)} is below "
             f"{_describe(least)}{unit}; using {_describe(least)}"
