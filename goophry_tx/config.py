@@ -3,7 +3,9 @@ Reading and checking the JSON configuration.
 
 Keys are matched case-insensitively, as Go's JSON decoder does, so configs
 written for Goophry 1.1.0 load unchanged.  Every problem is reported as a
-L{ConfigError} naming the file, the setting and what is wrong with it.
+L{ConfigError} naming the file (as it was given), the setting and what is
+wrong with it.  L{check_config} is the whole check a start makes, for the
+commands that only check.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from typing import Any, TypeVar
 import attrs
 
 from goophry_tx.keys import reserved_type
+from goophry_tx.tls import TLSFileError, server_tls_options
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+#: The values of LogFormat.
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -51,6 +58,7 @@ class Config:
     error_script: str | None = None
     failed_tasks_ttl: int = 0
     logfile: str | None = None
+    log_format: str = "text"
     stats_interface: str | None = None
     stats_pattern: str = "/"
     stats_tls_cert_file: str | None = None
@@ -83,6 +91,7 @@ _TOP_KEYS = (
     "ErrorScript",
     "FailedTasksTTL",
     "Logfile",
+    "LogFormat",
     "StatsInterface",
     "StatsPattern",
     "StatsTLSCertFile",
@@ -203,15 +212,40 @@ def _seconds(reader: _Reader, name: str, value: Any) -> float:
     return float(value)
 
 
+def _at_least(reader: _Reader, name: str, value: N, least: N, unit: str = "") -> N:
+    """
+    Raise C{value} to C{least}, as the original does, with a warning that
+    says so.
+    """
+    if value < least:
+        reader.warnings.append(
+            f"{reader.source}: {reader.where}{name}: {_describe(value)} is below "
+            f"{_describe(least)}{unit}; using {_describe(least)}"
+        )
+        return least
+    return value
+
+
 def split_host_port(address: str, name: str, source: str) -> tuple[str, int]:
     """
     Split C{host:port} (or C{[v6]:port}) as Go's net.SplitHostPort does.
 
     @raise ConfigError: naming C{name} when it is not of that form.
     """
+    scheme, has_scheme, _ = address.partition("://")
+    if has_scheme:
+        raise ConfigError(
+            f"{source}: {name}: expected host:port without a scheme "
+            f"(no {_describe(scheme + '://')}), got {_describe(address)}"
+        )
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not port_text.isdigit():
         raise ConfigError(f"{source}: {name}: expected host:port, got {_describe(address)}")
+    if not 0 < int(port_text) < 65536:
+        raise ConfigError(
+            f"{source}: {name}: port {int(port_text)} is out of range (1 to 65535), "
+            f"got {_describe(address)}"
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
@@ -269,7 +303,7 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
     script = _resolve_script(base, reader.require("Script", _nonempty))
     _check_executable(reader, "Script", script)
     # The original treats anything below 1 as 1.
-    workers = max(1, reader.get("Workers", _integer, 1))
+    workers = _at_least(reader, "Workers", reader.get("Workers", _integer, 1), 1)
     timeout = reader.get("Timeout", _seconds, 0.0)
     return TaskType(type_name, script, workers, timeout), reader.warnings
 
@@ -285,7 +319,6 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
     reader = _Reader(source, "", data, _TOP_KEYS)
-    warnings = list(reader.warnings)
 
     network = reader.get("RedisNetwork", _string, "tcp")
     if network not in ("tcp", "unix"):
@@ -304,9 +337,10 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     if not raw_tasks:
         raise reader.fail("Tasks", "at least one task type is needed")
     tasks = []
+    task_warnings: list[str] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_tasks):
-        task, task_warnings = _read_task(source, base, index, raw)
+        task, warned = _read_task(source, base, index, raw)
         if task.type in seen:
             raise ConfigError(
                 f"{source}: Tasks[{index}].Type: {_describe(task.type)} "
@@ -314,7 +348,7 @@ def parse_config(source: str, data: Any, base: str) -> Config:
             )
         seen[task.type] = index
         tasks.append(task)
-        warnings.extend(task_warnings)
+        task_warnings.extend(warned)
 
     error_script = reader.get("ErrorScript", _string, "") or None
     if error_script is not None:
@@ -324,6 +358,9 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     logfile = reader.get("Logfile", _string, "") or None
     if logfile is not None:
         logfile = _resolve(base, logfile)
+    log_format = reader.get("LogFormat", _string, "text")
+    if log_format not in LOG_FORMATS:
+        raise reader.fail("LogFormat", f'expected "text" or "json", got {_describe(log_format)}')
 
     stats_interface = reader.get("StatsInterface", _string, "") or None
     if stats_interface is not None:
@@ -346,9 +383,10 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         _check_readable(reader, "StatsTLSCertFile", cert)
         _check_readable(reader, "StatsTLSKeyFile", key)
         # Parse them now: a bad or mismatched pair is refused at start.
-        from goophry_tx.tls import server_tls_options
-
-        server_tls_options(cert, key, source)
+        try:
+            server_tls_options(cert, key)
+        except TLSFileError as e:
+            raise reader.fail(e.setting, f"{e.path}: {e.problem}") from None
 
     return Config(
         path=source,
@@ -362,6 +400,7 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         error_script=error_script,
         failed_tasks_ttl=reader.get("FailedTasksTTL", _ttl, 0),
         logfile=logfile,
+        log_format=log_format,
         stats_interface=stats_interface,
         stats_pattern=stats_pattern,
         stats_tls_cert_file=cert,
@@ -370,12 +409,17 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         output_limit=reader.get("OutputLimit", _positive_integer, 65536),
         shutdown_timeout=reader.get("ShutdownTimeout", _seconds, 0.0),
         kill_grace=reader.get("KillGrace", _seconds, 5.0),
-        instance_timeout=max(1.0, reader.get("InstanceTimeout", _seconds, 15.0)),
+        instance_timeout=_at_least(
+            reader, "InstanceTimeout", reader.get("InstanceTimeout", _seconds, 15.0), 1.0, "s"
+        ),
         max_recoveries=reader.get("MaxRecoveries", _positive_integer, 3),
-        block_timeout=max(0.1, reader.get("BlockTimeout", _seconds, 10.0)),
+        block_timeout=_at_least(
+            reader, "BlockTimeout", reader.get("BlockTimeout", _seconds, 10.0), 0.1, "s"
+        ),
         error_script_timeout=reader.get("ErrorScriptTimeout", _seconds, 30.0),
         error_queue_size=reader.get("ErrorQueueSize", _positive_integer, 1000),
-        warnings=tuple(warnings),
+        # Last, so that the warnings of the values coerced above are in.
+        warnings=(*reader.warnings, *task_warnings),
     )
 
 
@@ -385,15 +429,52 @@ def load_config(path: str) -> Config:
 
     @raise ConfigError: when it cannot be read or anything in it is wrong.
     """
-    source = os.path.basename(path) or path
+    # Messages name the file as the user gave it, so that it can be found.
+    source = path
     try:
         with open(path, "rb") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+        raise ConfigError(f"{source}: cannot read the configuration: {e.strerror}") from None
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: not valid JSON: {e}") from None
     base = os.path.dirname(os.path.abspath(path))
     return parse_config(source, data, base)
+
+
+def check_config(path: str, logfile: str | None = None) -> Config:
+    """
+    Everything a start checks before it talks to Redis: the file and its
+    settings, the scripts and the TLS files (L{load_config}), and that the
+    log file can be appended to.
+
+    @param logfile: the log file given on the command line, which wins over
+        the config's C{Logfile}.
+    @raise ConfigError: with the message a start prints.
+    """
+    config = load_config(path)
+    if logfile is not None:
+        _check_appendable("-l", logfile)
+    elif config.logfile is not None:
+        _check_appendable(f"{config.path}: Logfile", config.logfile)
+    return config
+
+
+def _check_appendable(where: str, path: str) -> None:
+    """
+    Check that C{path} can be opened for append (as an existing file, or a
+    new one in an existing folder) without creating it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        problem = "is a directory"
+    elif os.path.exists(path):
+        problem = "" if os.access(path, os.W_OK) else "not writable"
+    elif not os.path.isdir(folder):
+        problem = f"no such directory: {folder}"
+    else:
+        problem = "" if os.access(folder, os.W_OK | os.X_OK) else f"cannot create it in {folder}"
+    if problem:
+        raise ConfigError(f"{where}: {path}: {problem}")

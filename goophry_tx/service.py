@@ -34,6 +34,7 @@ from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.notify import SystemdNotifier
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import Abandoned, HeartbeatService
@@ -104,6 +105,7 @@ class GoophryService(MultiService):
         redis_endpoint: IStreamClientEndpoint | None = None,
         links: Callable[[str], RedisLink] | None = None,
         spawner: Callable[[], PosixSpawner] | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         """
         @param reactor: an L{IReactorCore} that is also
@@ -116,6 +118,7 @@ class GoophryService(MultiService):
             by default a L{PosixSpawner} with two threads.
         """
         super().__init__()
+        self.systemd = systemd or SystemdNotifier.from_environment()
         self.config = config
         self._reactor = reactor
         self.verbose = verbose
@@ -186,9 +189,7 @@ class GoophryService(MultiService):
         site.log = lambda request: None  # type: ignore[method-assign]
         factory: Any = site
         if config.stats_tls_cert_file and config.stats_tls_key_file:
-            options = server_tls_options(
-                config.stats_tls_cert_file, config.stats_tls_key_file, config.path
-            )
+            options = server_tls_options(config.stats_tls_cert_file, config.stats_tls_key_file)
             factory = TLSMemoryBIOFactory(options, False, site)
         return fail_at_start(StreamServerEndpointService(endpoint, factory))
 
@@ -266,8 +267,6 @@ class GoophryService(MultiService):
             address=config.redis_address,
             key=config.redis_queue_key,
         )
-        for warning in config.warnings:
-            self.log.warn("{warning}", warning=warning)
 
     def _stop_scripts(self, why: str) -> None:
         """Stop the running scripts now; their entries go back to their queues."""
@@ -333,6 +332,7 @@ class GoophryService(MultiService):
         self.phase = Phase.CONSUMING
         for consumer in self.consumers:
             consumer.start()
+        self.systemd.ready(f"{len(self.consumers)} types")
 
     def _start_failed(self, failure: Failure) -> None:
         self._starting = None
@@ -364,6 +364,7 @@ class GoophryService(MultiService):
         self._retry = None
         if self._starting is not None:
             self._starting.cancel()
+        self.systemd.stopping()
         stopped = DeferredList([c.stop() for c in self.consumers])
         timer = None
         if self.config.shutdown_timeout > 0:

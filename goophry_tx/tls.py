@@ -10,21 +10,34 @@ import re
 from OpenSSL import SSL, crypto
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 
-from goophry_tx.config import ConfigError
+
+class TLSFileError(Exception):
+    """
+    A certificate or key file cannot be used.
+
+    @ivar setting: the configuration setting that names the file.
+    @ivar path: the file.
+    @ivar problem: what is wrong with it.
+    """
+
+    def __init__(self, setting: str, path: str, problem: str) -> None:
+        super().__init__(f"{setting}: {path}: {problem}")
+        self.setting = setting
+        self.path = path
+        self.problem = problem
+
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def server_tls_options(cert_file: str, key_file: str, source: str) -> CertificateOptions:
+def server_tls_options(cert_file: str, key_file: str) -> CertificateOptions:
     """
     Options for serving TLS 1.2 or newer with the chain in C{cert_file}
     (leaf first, then intermediates) and the key in C{key_file}.
 
-    @raise ConfigError: naming the setting when a file cannot be used.
+    @raise TLSFileError: naming the setting when a file cannot be used.
     """
-
-    def fail(name: str, path: str, problem: str) -> ConfigError:
-        return ConfigError(f"{source}: {name}: {path}: {problem}")
+    fail = TLSFileError
 
     try:
         with open(cert_file, "rb") as f:

@@ -10,10 +10,16 @@ from typing import Any
 import pytest
 import trustme
 
-from goophry_tx.config import Config, ConfigError, load_config
+from goophry_tx.config import Config, ConfigError, check_config, load_config
 from tests.helpers import write_config, write_script
 
 NAME = "goophry.config.json"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in tmp_path, so that the config's name as given is L{NAME}."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -22,8 +28,9 @@ def script(tmp_path: Path) -> Path:
 
 
 def load(directory: Path, **settings: Any) -> Config:
+    """Write a config into C{directory} and load it by its path from the current directory."""
     settings.setdefault("RedisQueueKey", "q")
-    return load_config(str(write_config(directory, **settings)))
+    return load_config(os.path.relpath(write_config(directory, **settings)))
 
 
 def refused(directory: Path, **settings: Any) -> str:
@@ -97,6 +104,50 @@ def test_workers_below_one_mean_one(
 ) -> None:
     config = load(tmp_path, Tasks=[task(script, Workers=workers)])
     assert config.tasks[0].workers == expected
+
+
+def test_values_raised_to_their_least_are_warned_about(tmp_path: Path, script: Path) -> None:
+    config = load(
+        tmp_path,
+        Tasks=[task(script, Workers=-5)],
+        InstanceTimeout=0.5,
+        BlockTimeout=0,
+        Colour="blue",
+    )
+    assert (config.tasks[0].workers, config.instance_timeout, config.block_timeout) == (
+        1,
+        1.0,
+        0.1,
+    )
+    assert config.warnings == (
+        f"{NAME}: Colour: unknown setting",
+        f"{NAME}: InstanceTimeout: 0.5 is below 1.0s; using 1.0",
+        f"{NAME}: BlockTimeout: 0.0 is below 0.1s; using 0.1",
+        f"{NAME}: Tasks[0].Workers: -5 is below 1; using 1",
+    )
+
+
+def test_values_at_their_least_are_not_warned_about(tmp_path: Path, script: Path) -> None:
+    config = load(tmp_path, Tasks=[task(script, Workers=1)], InstanceTimeout=1, BlockTimeout=0.1)
+    assert config.warnings == ()
+
+
+def test_log_format_is_text_unless_json_is_asked_for(tmp_path: Path, script: Path) -> None:
+    assert load(tmp_path, Tasks=[task(script)]).log_format == "text"
+    assert load(tmp_path, Tasks=[task(script)], logformat="json").log_format == "json"
+
+
+@pytest.mark.parametrize("given", ["relative", "absolute", "dotted"])
+def test_messages_name_the_file_as_it_was_given(tmp_path: Path, given: str) -> None:
+    path = write_config(tmp_path / "etc", RedisQueueKey="q", Tasks=[])
+    name = {
+        "relative": os.path.join("etc", NAME),
+        "absolute": str(path),
+        "dotted": os.path.join(".", "etc", "..", "etc", NAME),
+    }[given]
+    with pytest.raises(ConfigError) as info:
+        load_config(name)
+    assert str(info.value) == f"{name}: Tasks: at least one task type is needed"
 
 
 def test_unknown_keys_are_warned_about_with_the_nearest_known_name(
@@ -187,14 +238,14 @@ def test_not_json(tmp_path: Path, text: str) -> None:
     path = tmp_path / NAME
     path.write_bytes(text.encode("latin-1"))
     with pytest.raises(ConfigError, match=rf"^{NAME}: not valid JSON: "):
-        load_config(str(path))
+        load_config(NAME)
 
 
 def test_not_an_object(tmp_path: Path) -> None:
     path = tmp_path / NAME
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError) as info:
-        load_config(str(path))
+        load_config(NAME)
     assert str(info.value) == f"{NAME}: expected a JSON object, got list"
 
 
@@ -218,7 +269,20 @@ def test_workers_not_an_integer_names_the_task(tmp_path: Path, script: Path) -> 
         ({"Tasks": [{"Type": "t"}]}, "Tasks[0].Script: required, but missing"),
         ({"RedisAddress": "localhost"}, 'RedisAddress: expected host:port, got "localhost"'),
         ({"RedisAddress": "host:port"}, 'RedisAddress: expected host:port, got "host:port"'),
-        ({"RedisAddress": "host:70000"}, 'RedisAddress: expected host:port, got "host:70000"'),
+        (
+            {"RedisAddress": "host:70000"},
+            'RedisAddress: port 70000 is out of range (1 to 65535), got "host:70000"',
+        ),
+        (
+            {"RedisAddress": "redis://127.0.0.1:6379"},
+            'RedisAddress: expected host:port without a scheme (no "redis://"), '
+            'got "redis://127.0.0.1:6379"',
+        ),
+        (
+            {"StatsInterface": "127.0.0.1:0"},
+            'StatsInterface: port 0 is out of range (1 to 65535), got "127.0.0.1:0"',
+        ),
+        ({"LogFormat": "xml"}, 'LogFormat: expected "text" or "json", got "xml"'),
         (
             {"RedisAddress": "::1:6379"},
             'RedisAddress: an IPv6 address needs brackets, as in [::1]:port, got "::1:6379"',
@@ -356,3 +420,74 @@ def test_the_metrics_cannot_share_the_stats_path(tmp_path: Path) -> None:
             StatsPattern="/m",
             MetricsPattern="/m",
         )
+
+
+def test_a_bad_certificate_is_named_by_its_setting(tmp_path: Path, script: Path) -> None:
+    leaf = trustme.CA().issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    (tmp_path / "c.pem").write_text("not a certificate")
+    message = refused(
+        tmp_path, Tasks=[task(script)], StatsTLSCertFile="c.pem", StatsTLSKeyFile="k.pem"
+    )
+    assert message == f"{NAME}: StatsTLSCertFile: {tmp_path / 'c.pem'}: no PEM certificate in it"
+
+
+def test_a_key_that_does_not_match_is_named(tmp_path: Path, script: Path) -> None:
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(tmp_path / "k.pem"))
+    message = refused(
+        tmp_path, Tasks=[task(script)], StatsTLSCertFile="c.pem", StatsTLSKeyFile="k.pem"
+    )
+    assert message == (
+        f"{NAME}: StatsTLSKeyFile: {tmp_path / 'k.pem'}: "
+        f"does not match the certificate in {tmp_path / 'c.pem'}"
+    )
+
+
+# The check a start makes, as the commands that only check make it
+
+
+def test_check_config_returns_the_config(tmp_path: Path, script: Path) -> None:
+    write_config(tmp_path, RedisQueueKey="q", Tasks=[task(script)], Logfile="goophry.log")
+    config = check_config(NAME)
+    assert config.logfile == str(tmp_path / "goophry.log")
+    # Checked, not created.
+    assert not (tmp_path / "goophry.log").exists()
+
+
+def test_check_config_refuses_what_load_config_refuses(tmp_path: Path) -> None:
+    write_config(tmp_path, RedisQueueKey="q", Tasks=[])
+    with pytest.raises(ConfigError) as info:
+        check_config(NAME)
+    assert str(info.value) == f"{NAME}: Tasks: at least one task type is needed"
+
+
+@pytest.mark.parametrize("problem", ["no-directory", "directory", "read-only"])
+def test_check_config_refuses_a_log_file_it_cannot_append_to(
+    tmp_path: Path, script: Path, problem: str
+) -> None:
+    if problem == "read-only" and os.geteuid() == 0:
+        pytest.skip("root may write any file")
+    logfile = {
+        "no-directory": tmp_path / "gone" / "goophry.log",
+        "directory": tmp_path,
+        "read-only": tmp_path / "ro.log",
+    }[problem]
+    if problem == "read-only":
+        logfile.write_text("")
+        logfile.chmod(0o444)
+    expected = {
+        "no-directory": f"no such directory: {tmp_path / 'gone'}",
+        "directory": "is a directory",
+        "read-only": "not writable",
+    }[problem]
+    write_config(tmp_path, RedisQueueKey="q", Tasks=[task(script)], Logfile=str(logfile))
+    with pytest.raises(ConfigError) as info:
+        check_config(NAME)
+    assert str(info.value) == f"{NAME}: Logfile: {logfile}: {expected}"
+    # A log file given on the command line wins over the config's.
+    assert check_config(NAME, logfile=str(tmp_path / "other.log")).logfile == str(logfile)
+    with pytest.raises(ConfigError) as info:
+        check_config(NAME, logfile=str(logfile))
+    assert str(info.value) == f"-l: {logfile}: {expected}"

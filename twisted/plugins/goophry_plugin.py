@@ -1,4 +1,7 @@
-"""The C{goophry} twistd plugin: C{twistd -n goophry -c cfg.json [-v] [-l logfile]}."""
+"""
+The C{goophry} twistd plugin:
+C{twistd -n goophry -c cfg.json [-v] [-l logfile] [--log-format json] [--check]}.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +14,69 @@ from twisted.python import usage
 from zope.interface import implementer
 
 
+def _log_format(value: str) -> str:
+    from goophry_tx.config import LOG_FORMATS
+
+    if value not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 class Options(usage.Options):
-    optFlags = [["verbose", "v", "Log every task."]]
+    optFlags = [
+        ["verbose", "v", "Log every task."],
+        ["check", "t", "Check the configuration (scripts, TLS files, addresses) and exit."],
+    ]
     optParameters = [
         ["config", "c", "goophry.config.json", "The configuration file."],
         ["logfile", "l", None, "Log to this file (reopened on SIGUSR1)."],
+        [
+            "log-format",
+            None,
+            None,
+            "text or json (default: the config's LogFormat, or text).",
+            _log_format,
+        ],
     ]
 
-    def opt_V(self) -> None:  # noqa: N802 (twisted.python.usage's name)
-        """Print the version and exit."""
-        from goophry_tx.cli import version_text
+    def opt_version(self) -> None:
+        """Print Goophry's version and exit."""
+        from goophry_tx.startup import version_text
 
         print(version_text())
         sys.exit(0)
 
-    def postOptions(self) -> None:  # noqa: N802
-        from goophry_tx.config import ConfigError, load_config
+    opt_V = opt_version
 
+    def postOptions(self) -> None:  # noqa: N802
+        from goophry_tx.config import ConfigError, check_config
+        from goophry_tx.startup import (
+            check,
+            config_error_text,
+            log_warnings,
+            report_listen_errors_in_one_line,
+        )
+
+        if self["check"]:
+            sys.exit(check(self["config"], self["logfile"]))
         try:
-            self["loaded"] = load_config(self["config"])
+            config = check_config(self["config"], self["logfile"])
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        logfile = self["logfile"] or self["loaded"].logfile
-        if logfile and self.parent is not None:
-            # Have twistd log through our observer, to the file instead.
+            # Not a UsageError: twistd would print its whole usage text first.
+            print(config_error_text(e), file=sys.stderr)
+            sys.exit(2)
+        self["loaded"] = config
+        report_listen_errors_in_one_line()
+        # Logged now, they wait in twistd's buffer and come before the start-up line.
+        log_warnings(config)
+        logfile = self["logfile"] or config.logfile
+        log_format = self["log-format"] or config.log_format
+        if (logfile or log_format != "text") and self.parent is not None:
+            # Have twistd log through our observer: to the file, in that format.
             from goophry_tx import logs
 
             logs.plugin_logfile = logfile
+            logs.plugin_log_format = log_format
             self.parent["logger"] = "goophry_tx.logs.plugin_observer"
 
 
