@@ -36,3 +36,16 @@ class Keys:
     def instances(self) -> str:
         """Hash of every registered instance to its description."""
         return f"{self.prefix}:instances"
+
+    @property
+    def paused(self) -> str:
+        """Set of the task types no daemon takes entries of, for now."""
+        return f"{self.prefix}:paused"
+
+    @property
+    def paused_channel(self) -> str:
+        """
+        Pub/sub channel told of every change to L{paused}, so that daemons
+        learn of it at once without polling; the set stays the truth.
+        """
+        return f"{self.prefix}:paused"
