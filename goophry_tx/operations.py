@@ -397,7 +397,7 @@ class FailedEntry:
             raise OperationError(f"not a failed-task record ({self.problem})")
         if self.invalid:
             raise OperationError(
-                "an invalid entry, stored with its raw Payload: it would fail again"
+                "an invalid entry (stored with its Payload): it would fail again"
             )
         args = self.args
         if args is None or not all(isinstance(a, str) for a in args):
