@@ -379,6 +379,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join([line(headers)] + [line(row) for row in cells])
 
 
+def _entries(count: int) -> str:
+    return "1 entry" if count == 1 else f"{count} entries"
+
+
 def _args_text(args: list[Any] | None) -> str:
     return _cut(json.dumps(args, ensure_ascii=False)) if args is not None else "-"
 
@@ -404,7 +408,7 @@ def _failed_text(page: operations.FailedPage) -> None:
             error, args = e.error_message.split("\n", 1)[0], _args_text(e.args)
         rows.append([e.index, e.id, _when(e.failed_at), e.instance, _cut(error), args])
     first = page.entries[0].index if page.entries else 0
-    print(f"{page.key}: {page.total} entries", end="")
+    print(f"{page.key}: {_entries(page.total)}", end="")
     if len(page.entries) < page.total:
         shown = f"{first}-{first + len(page.entries) - 1}" if page.entries else "none"
         print(f" (showing {shown}; --offset and --limit for the others)", end="")
@@ -436,11 +440,11 @@ def _moved_text(moved: operations.Moved, keys: Keys, action: str) -> None:
     done = ", ".join(str(i) for i in moved.done) or "none"
     if action == "retry":
         print(
-            f"retried {len(moved.done)} entries of {keys.failed(moved.type)} "
+            f"retried {_entries(len(moved.done))} of {keys.failed(moved.type)} "
             f"to the tail of {keys.queue(moved.type)}: {done}"
         )
     else:
-        print(f"purged {len(moved.done)} entries of {keys.failed(moved.type)}: {done}")
+        print(f"purged {_entries(len(moved.done))} of {keys.failed(moved.type)}: {done}")
 
 
 def _inflight_text(entries: list[operations.InflightEntry]) -> None:

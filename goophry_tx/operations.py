@@ -396,9 +396,7 @@ class FailedEntry:
         if self.fields is None:
             raise OperationError(f"not a failed-task record ({self.problem})")
         if self.invalid:
-            raise OperationError(
-                "an invalid entry (stored with its Payload): it would fail again"
-            )
+            raise OperationError("an invalid entry (stored with its Payload): it would fail again")
         args = self.args
         if args is None or not all(isinstance(a, str) for a in args):
             raise OperationError("not a failed-task record (Args is not an array of strings)")
