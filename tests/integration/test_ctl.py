@@ -394,7 +394,7 @@ def test_retry_racing_a_daemon_writing_failures_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:
     flag, ran = tmp_path / "flag", tmp_path / "ran"
-    script = goophry.script("t.sh", RACING.format(flag=flag, ran=ran))
+    script = goophry.script("racing.sh", RACING.format(flag=flag, ran=ran))
     cfg = config_with(
         goophry, write_config, Tasks=[{"Type": "t", "Script": str(script), "Workers": 4}]
     )
@@ -405,11 +405,15 @@ def test_retry_racing_a_daemon_writing_failures_loses_and_doubles_nothing(
     goophry.wait_failed("t", len(olds))
     flag.touch()
 
-    news = [f"new-{n}" for n in range(150)]
+    news: list[str] = []
+    retried = threading.Event()
 
     def produce() -> None:
-        for arg in news:
-            goophry.push_args("t", arg)
+        # New failures all along the retries, paced so the daemon keeps up.
+        while not retried.is_set() or len(news) < 20:
+            news.append(f"new-{len(news)}")
+            goophry.push_args("t", news[-1])
+            retried.wait(0.01)
 
     producer = threading.Thread(target=produce)
     producer.start()
@@ -418,6 +422,7 @@ def test_retry_racing_a_daemon_writing_failures_loses_and_doubles_nothing(
         for _ in range(3):
             ok(cfg, "failed", "retry", "t", "--all")
     finally:
+        retried.set()
         producer.join(60)
 
     def settled() -> bool:
@@ -425,7 +430,11 @@ def test_retry_racing_a_daemon_writing_failures_loses_and_doubles_nothing(
             return False
         return goophry.llen(goophry.failed_key("t")) == len(news)
 
-    wait_for(settled, 30, message=lambda: f"failed list: {goophry.llen(goophry.failed_key('t'))}")
+    wait_for(
+        settled,
+        30,
+        message=lambda: f"{len(news)} new failures; failed list: {goophry.failed('t')}",
+    )
     assert sorted(ran.read_text().split()) == sorted(olds)
     assert sorted(e["Args"][0] for e in goophry.failed("t")) == sorted(news)
 
