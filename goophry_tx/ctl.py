@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from goophry_tx import operations
@@ -31,6 +31,10 @@ OK, FAILED, USAGE = 0, 1, 2
 
 #: Longest cell of a table column that holds free text.
 CELL = 60
+
+#: Seconds to connect and be ready (AUTH, SELECT): a Redis that accepts
+#: connections but does not answer ends the command too.
+CONNECT_TIMEOUT = 5.0
 
 
 class Refused(Exception):
@@ -264,9 +268,15 @@ async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> in
     link.startService()
     try:
         try:
-            await health.ready
+            await health.ready.addTimeout(CONNECT_TIMEOUT, reactor)
         except ConnectionError as e:
             return _error(f"cannot reach Redis at {config.redis_address}: {e}", FAILED)
+        except TimeoutError:
+            return _error(
+                f"cannot reach Redis at {config.redis_address}: "
+                f"no answer within {CONNECT_TIMEOUT:g}s",
+                FAILED,
+            )
         return await _command(link, Keys(config.redis_queue_key), config, args)
     except ConnectionError as e:
         return _error(f"lost the connection to Redis at {config.redis_address}: {e}", FAILED)
