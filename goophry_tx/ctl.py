@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from goophry_tx import operations
@@ -271,7 +271,7 @@ async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> in
             await health.ready.addTimeout(CONNECT_TIMEOUT, reactor)
         except ConnectionError as e:
             return _error(f"cannot reach Redis at {config.redis_address}: {e}", FAILED)
-        except TimeoutError:
+        except defer.TimeoutError:
             return _error(
                 f"cannot reach Redis at {config.redis_address}: "
                 f"no answer within {CONNECT_TIMEOUT:g}s",

@@ -238,6 +238,18 @@ def test_redis_down_is_one_line_and_status_1(
         one_error_line(ctl(cfg, *args), 1, "cannot reach Redis at 127.0.0.1:")
 
 
+def test_a_redis_that_does_not_answer_is_one_line_and_status_1(
+    goophry: Goophry, write_config: Callable[..., Path]
+) -> None:
+    with socket.socket() as silent:
+        # The kernel accepts connections into the backlog; nothing answers.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        cfg = config_with(goophry, write_config, RedisAddress=f"127.0.0.1:{port}")
+        one_error_line(ctl(cfg, "stats"), 1, "no answer within 5s")
+
+
 def test_a_wrong_password_is_one_line_and_status_1(
     goophry: Goophry, write_config: Callable[..., Path]
 ) -> None:
