@@ -57,6 +57,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or not int(text):
+        raise argparse.ArgumentTypeError(f"expected a number 1 or more, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; C{--help} lists them all."""
     # -c and --json are read before the command or after it.
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = command(actions, "ls", "list failed entries, oldest first", force)
     ls.add_argument("type", metavar="TYPE")
-    ls.add_argument("--limit", type=_count, default=100, help="at most N entries (100)")
+    ls.add_argument("--limit", type=_positive, default=100, help="at most N entries (100)")
     ls.add_argument("--offset", type=_count, default=0, help="from index N (0)")
     show = command(actions, "show", "one failed entry, its ErrorMessage in full", force)
     show.add_argument("type", metavar="TYPE")

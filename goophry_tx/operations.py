@@ -357,7 +357,7 @@ class FailedEntry:
     def id(self) -> str:
         return entry_id(self.raw)
 
-    def _get(self, name: str, kind: type[T] | tuple[type, ...]) -> Any:
+    def _get(self, name: str, kind: type | tuple[type, ...]) -> Any:
         value = (self.fields or {}).get(name)
         return value if isinstance(value, kind) and not isinstance(value, bool) else None
 
@@ -476,8 +476,8 @@ class EntryRef:
     @classmethod
     def parse(cls, text: str) -> EntryRef:
         """C{INDEX} or C{INDEX@ID}, as C{failed ls} shows them."""
-        index, _, expected = text.partition("@")
-        if not index.isdigit() or (_ and not expected):
+        index, at, expected = text.partition("@")
+        if not index.isdigit() or (at and not expected):
             raise ValueError(f"expected INDEX or INDEX@ID, got {text!r}")
         return cls(int(index), expected.lower() or None)
 
