@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.python.failure import Failure
 
 from goophry_tx import operations
 from goophry_tx.config import Config, ConfigError, load_config
@@ -254,7 +255,13 @@ def _run(config: Config, args: argparse.Namespace) -> NoReturn:
             if status != OK:
                 raise SystemExit(status)
 
-        return d.addCallback(exit_with)
+        def crashed(failure: Failure) -> None:
+            # A bug, not an operation that failed: show all of it (react
+            # would log it, and nothing here observes the log).
+            print(failure.getTraceback(), file=sys.stderr)
+            raise SystemExit(FAILED)
+
+        return d.addCallbacks(exit_with, crashed)
 
     react(session)
 
