@@ -19,6 +19,8 @@ HEARTBEAT = "instance:"
 FAILED = ":failed"
 #: Between a queue's name and an instance's: that instance's in-flight list.
 INFLIGHT = ":inflight:"
+#: After the prefix: the set of paused task types (and its pub/sub channel).
+PAUSED = "paused"
 
 #: Lua that names keys as L{Keys} does, from the four parts of
 #: L{Keys.script_layout} in C{ARGV[1]} to C{ARGV[4]}; a script that starts
@@ -37,7 +39,7 @@ def reserved_type(task_type: str) -> bool:
     look like one to a C{SCAN} or C{KEYS} pattern.
     """
     return (
-        task_type == INSTANCES
+        task_type in (INSTANCES, PAUSED)
         or task_type.startswith(HEARTBEAT)
         or INFLIGHT in task_type
         or task_type.endswith((FAILED, INFLIGHT.rstrip(":")))
@@ -80,3 +82,16 @@ class Keys:
         queue's name and an instance's in an in-flight list.
         """
         return (self.instances, self.heartbeat(""), self.queue(""), INFLIGHT)
+
+    @property
+    def paused(self) -> str:
+        """Set of the task types no daemon takes entries of, for now."""
+        return f"{self.prefix}:{PAUSED}"
+
+    @property
+    def paused_channel(self) -> str:
+        """
+        Pub/sub channel told of every change to L{paused}, so that daemons
+        learn of it at once without polling; the set stays the truth.
+        """
+        return f"{self.prefix}:{PAUSED}"
