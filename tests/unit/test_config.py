@@ -402,7 +402,9 @@ def test_tls_file_that_is_a_directory_cannot_be_read(tmp_path: Path, script: Pat
     assert message == f"{NAME}: StatsTLSCertFile: {tmp_path}: cannot read: Is a directory"
 
 
-@pytest.mark.parametrize("type_name", ["instances", "paused", "instance:x", "a:inflight:b", "x:failed"])
+@pytest.mark.parametrize(
+    "type_name", ["instances", "paused", "instance:x", "a:inflight:b", "x:failed"]
+)
 def test_types_that_would_collide_with_the_daemons_keys_are_refused(
     tmp_path: Path, type_name: str
 ) -> None:
