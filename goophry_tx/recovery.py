@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
-from goophry_tx.redis import RedisLink, is_transient
+from goophry_tx.redis import IRedisLink, is_transient
 
 # KEYS: none (names are built from the prefix).  ARGV: prefix, own name,
 # heartbeat milliseconds, own record, and '1' to look for dead instances.
@@ -203,7 +203,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        link: RedisLink,
+        link: IRedisLink,
         keys: Keys,
         instance: str,
         types: list[str],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from urllib.parse import quote, unquote
 
 from twisted.internet.interfaces import IReactorTime
@@ -15,30 +15,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from goophry_tx import __version__
-
-
-class TypeCounters:
-    """What happened to the entries of one task type."""
-
-    __slots__ = ("started", "running", "succeeded", "failed", "invalid", "requeued", "seconds")
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.running = 0
-        self.succeeded = 0
-        self.failed = 0
-        self.invalid = 0
-        self.requeued = 0
-        self.seconds = 0.0
+from goophry_tx.outcomes import TypeCounters
 
 
 class Stats:
-    """Counters for every configured task type, from the start."""
+    """The counters of every configured task type, as the outcome recorder keeps them."""
 
-    def __init__(self, clock: IReactorTime, types: Iterable[str]) -> None:
+    def __init__(self, clock: IReactorTime, types: Mapping[str, TypeCounters]) -> None:
         self._clock = clock
         self.started_at = clock.seconds()
-        self.types: dict[str, TypeCounters] = {t: TypeCounters() for t in types}
+        self.types = types
         #: Tells whether Redis is reachable; set by the service.
         self.redis_connected: Callable[[], bool] = lambda: False
 
@@ -132,7 +118,7 @@ class StatsResource(Resource):
         self._pattern = pattern
         self._metrics_pattern = metrics_pattern
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 (Twisted's name)
+    def render_GET(self, request: Request) -> bytes:
         path = unquote((request.path or b"/").decode("utf-8", "replace"))
         cleaned = clean_path(path)
         if cleaned != path:

@@ -11,12 +11,19 @@ import pytest
 from twisted.internet.task import Clock
 
 from goophry_tx.config import TaskType
-from goophry_tx.consumer import RECONCILE_SCRIPT, Consumer
-from goophry_tx.failures import ErrorNotifier, OutcomeStore
+from goophry_tx.consumer import (
+    RECONCILE_SCRIPT,
+    AtMostOnceTake,
+    AtomicTake,
+    Consumer,
+    TakeFactory,
+)
+from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
+from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.redis import ResponseError
 from goophry_tx.runner import ScriptRunner
-from goophry_tx.stats import TypeCounters
+from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import (
     FakeRedisLink,
     MemoryProcessReactor,
@@ -53,10 +60,11 @@ class Rig:
     store: OutcomeStore
     counters: TypeCounters
     consumer: Consumer
+    take: TakeFactory
 
     def start(self) -> None:
         """Start the consumer and answer its first reconcile."""
-        self.consumer.start()
+        self.consumer.start(self.take)
         self.control.take("EVAL").answer(0)
 
     def give(self, payload: bytes | None) -> None:
@@ -85,22 +93,22 @@ def make_rig(
     store = OutcomeStore(control, keys, "i1", ttl, clock)
     runner = ScriptRunner(processes, clock, output_limit=100, kill_grace=5.0)
     notifier = ErrorNotifier(runner, error_script, queue_size=10, timeout=30.0)
-    counters = TypeCounters()
+    task_type = TaskType("t", SCRIPT, workers, timeout)
+    counters = type_counters(["t"])
+    outcomes = OutcomeRecorder(tasks=[task_type], counters=counters, store=store, notifier=notifier)
     consumer = Consumer(
-        task_type=TaskType("t", SCRIPT, workers, timeout),
+        task_type=task_type,
         keys=keys,
         instance="i1",
-        blocking=blocking,  # type: ignore[arg-type]
-        control=control,  # type: ignore[arg-type]
-        store=store,
+        blocking=blocking,
+        control=control,
+        outcomes=outcomes,
         runner=runner,
-        notifier=notifier,
-        counters=counters,
         clock=clock,
         block_timeout=10.0,
-        atomic=atomic,
     )
-    return Rig(clock, processes, blocking, control, store, counters, consumer)
+    take = AtomicTake if atomic else AtMostOnceTake
+    return Rig(clock, processes, blocking, control, store, counters["t"], consumer, take)
 
 
 @pytest.fixture
@@ -112,7 +120,7 @@ def rig() -> Rig:
 
 
 def test_start_puts_back_unknown_entries_before_taking(rig: Rig) -> None:
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     assert [p.command for p in rig.control.pending] == [reconcile()]
     assert rig.blocking.sent == []
     rig.control.take("EVAL").answer(0)
@@ -120,7 +128,7 @@ def test_start_puts_back_unknown_entries_before_taking(rig: Rig) -> None:
 
 
 def test_a_failed_reconcile_does_not_stop_the_consumer(rig: Rig) -> None:
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     rig.control.take("EVAL").refuse(ResponseError("NOSCRIPT"))
     assert [p.command for p in rig.blocking.pending] == [blmove()]
 
@@ -168,7 +176,7 @@ def test_a_nil_reply_takes_again(rig: Rig) -> None:
 
 def test_an_older_redis_uses_blpop_without_reconciling() -> None:
     rig = make_rig(atomic=False)
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     assert rig.control.pending == []
     assert [p.command for p in rig.blocking.pending] == [("BLPOP", QUEUE, 10.0)]
     rig.blocking.take("BLPOP").answer([QUEUE.encode(), entry("x")])
@@ -194,9 +202,9 @@ def test_success_removes_the_entry_from_the_inflight_list(rig: Rig) -> None:
     rig.scripts()[0].end(0)
     assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
     assert (rig.counters.succeeded, rig.counters.running, rig.counters.seconds) == (1, 0, 3.0)
-    assert rig.store.unwritten["t"] == {payload: 1}
+    assert rig.store.unwritten("t") == [payload]
     rig.control.take("LREM").answer(1)
-    assert not rig.store.unwritten["t"]
+    assert rig.store.unwritten("t") == []
 
 
 def test_failure_moves_the_entry_to_the_failed_list_with_its_ttl() -> None:
@@ -279,7 +287,7 @@ def test_an_outcome_that_finishes_while_redis_is_away_is_written_when_it_returns
     rig.control.lose_connection()
     rig.scripts()[0].end(0)
     assert rig.control.pending == []
-    assert rig.store.unwritten["t"] == {payload: 1}
+    assert rig.store.unwritten("t") == [payload]
     rig.control.reconnect()
     assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
 

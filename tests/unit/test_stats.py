@@ -10,6 +10,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
 from goophry_tx import __version__
+from goophry_tx.outcomes import type_counters
 from goophry_tx.stats import Stats, StatsResource
 from tests.unit.fakes import success_result_of
 
@@ -23,7 +24,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def stats(clock: Clock) -> Stats:
-    return Stats(clock, ["mail", 'odd "type"'])
+    return Stats(clock, type_counters(["mail", 'odd "type"']))
 
 
 def client(stats: Stats, pattern: str = "/stats/", metrics: str = "/metrics") -> StubTreq:
