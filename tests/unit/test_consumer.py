@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from typing import Any
@@ -9,14 +10,22 @@ from typing import Any
 import attrs
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import Logger
+from zope.interface.verify import verifyObject
 
 from goophry_tx.config import TaskType
 from goophry_tx.consumer import (
+    MAX_BATCH,
+    MAX_UNBLOCKS,
     RECONCILE_SCRIPT,
+    TAKE_SCRIPT,
     AtMostOnceTake,
     AtomicTake,
     Consumer,
+    ITakeStrategy,
+    State,
     TakeFactory,
+    take_strategy,
 )
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
@@ -477,3 +486,185 @@ def test_the_type_timeout_applies_to_its_scripts() -> None:
         FAILED,
         b'{"Args":["slow"],"ErrorMessage":"timed out after 30s (signal: terminated)"}',
     )
+
+
+# Take strategies
+
+
+def evalsha(sha: str | bytes, wanted: int) -> tuple[Any, ...]:
+    return ("EVALSHA", sha, 2, QUEUE, INFLIGHT, wanted)
+
+
+TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+
+
+def test_the_strategies_provide_their_interface() -> None:
+    link = FakeRedisLink()
+    for strategy in (AtomicTake, AtMostOnceTake):
+        assert verifyObject(ITakeStrategy, strategy(link, QUEUE, INFLIGHT, 10.0))
+
+
+def test_the_strategy_follows_the_redis_version() -> None:
+    assert take_strategy((6, 0, 16)) is AtMostOnceTake
+    assert take_strategy((6, 2, 0)) is AtomicTake
+    assert take_strategy((7, 2, 4)) is AtomicTake
+    assert take_strategy(()) is AtomicTake
+
+
+def test_several_free_workers_take_a_batch_in_one_round_trip() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    # Nothing known of the queue yet: block for one entry.
+    rig.give(entry("a"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, 2)]
+    rig.blocking.take("EVALSHA").answer([entry("b"), entry("c")])
+    assert [s.args[1] for s in rig.scripts()] == ["a", "b", "c"]
+    assert rig.consumer.state is State.FULL
+    assert rig.blocking.pending == []
+    rig.scripts()[0].end(0)
+    # One worker free: one entry, blocking; the next freed worker waits for it.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    rig.scripts()[1].end(0)
+    assert rig.blocking.names() == ["BLMOVE"]
+    rig.give(entry("d"))
+    # Two were free when "d" came: the last one takes alone.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_batch_that_finds_the_queue_empty_blocks_for_one_next() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").answer([])
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    assert (rig.counters.started, rig.consumer.state) == (1, State.TAKING)
+
+
+def test_a_batch_is_at_most_max_batch_entries() -> None:
+    rig = make_rig(workers=MAX_BATCH + 10)
+    rig.start()
+    rig.give(entry("a"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, MAX_BATCH)]
+
+
+def test_an_invalid_entry_in_a_batch_keeps_no_worker() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").answer([b"not json", entry("b")])
+    assert (rig.counters.invalid, rig.counters.started) == (1, 2)
+    # Two of three workers busy: one more is taken, blocking.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_forgotten_take_script_is_loaded_again() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").refuse(ResponseError("NOSCRIPT No matching script."))
+    assert [p.command for p in rig.blocking.pending] == [("SCRIPT", "LOAD", TAKE_SCRIPT)]
+    rig.blocking.take("SCRIPT").answer(b"f00d")
+    assert [p.command for p in rig.blocking.pending] == [evalsha(b"f00d", 2)]
+    rig.blocking.take("EVALSHA").answer([entry("b")])
+    assert [s.args[1] for s in rig.scripts()] == ["a", "b"]
+    # The loaded script's id is kept for the next batch.
+    rig.scripts()[0].end(0)
+    rig.scripts()[1].end(0)
+    rig.give(entry("c"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(b"f00d", 2)]
+
+
+def test_a_take_script_that_cannot_be_loaded_is_retried_after_a_pause() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").refuse(ResponseError("NOSCRIPT No matching script."))
+    rig.blocking.take("SCRIPT").refuse(ResponseError("ERR scripting disabled"))
+    assert rig.consumer.state is State.PAUSED
+    assert rig.blocking.pending == []
+    rig.clock.advance(5.0)
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, 2)]
+
+
+# State and workers
+
+
+def test_the_state_says_where_the_loop_is(rig: Rig) -> None:
+    assert rig.consumer.state is State.IDLE
+    rig.consumer.start(rig.take)
+    assert rig.consumer.state is State.RECONCILING
+    rig.control.take("EVAL").answer(0)
+    assert rig.consumer.state is State.TAKING
+    rig.give(entry("a"))
+    assert rig.consumer.state is State.FULL
+    rig.consumer.stop()
+    assert rig.consumer.state is State.STOPPED
+
+
+def test_a_raise_while_recording_an_outcome_is_logged_and_frees_the_worker(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(rig.consumer, "log", Logger(observer=events.append))
+
+    def broken(task: Any) -> None:
+        raise RuntimeError("broken store")
+
+    monkeypatch.setattr(rig.store, "succeeded", broken)
+    rig.start()
+    rig.give(entry("a"))
+    rig.scripts()[0].end(0)
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)
+    assert rig.consumer.running == 0
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_stop_while_paused_cancels_the_retry(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.take("BLMOVE").refuse(ResponseError("ERR unknown command"))
+    stopped = rig.consumer.stop()
+    success_result_of(stopped)
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_a_stop_while_waiting_for_redis_forgets_the_wait(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.lose_connection()
+    success_result_of(rig.consumer.stop())
+    rig.blocking.reconnect()
+    assert rig.control.pending == []
+    assert rig.consumer.state is State.STOPPED
+
+
+def test_a_take_that_will_not_end_is_aborted_after_the_last_unblock(rig: Rig) -> None:
+    rig.start()
+    stopped = rig.consumer.stop()
+    for _ in range(MAX_UNBLOCKS):
+        # Redis says the client is not blocked (yet), every time.
+        rig.control.take("CLIENT").answer(0)
+        rig.clock.advance(0.2)
+    assert rig.control.sent.count(("CLIENT", "UNBLOCK", b"42")) == MAX_UNBLOCKS
+    assert rig.blocking.aborted == 1
+    # The abort ended the take with the connection.
+    assert success_result_of(stopped) is None
+    assert rig.consumer.state is State.STOPPED
+    rig.clock.advance(10)
+    assert rig.control.pending == []
+    assert rig.blocking.aborted == 1
+
+
+def test_a_batch_taken_while_stopping_goes_back_in_order() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    stopped = rig.consumer.stop()
+    rig.control.take("CLIENT").answer(0)
+    rig.blocking.take("EVALSHA").answer([entry("b"), entry("c")])
+    assert [p.command for p in rig.control.pending if p.name == "MULTI"] == [
+        ("MULTI", ("LREM", INFLIGHT, -1, entry(x)), ("LPUSH", QUEUE, entry(x))) for x in "bc"
+    ]
+    assert rig.counters.requeued == 0
+    assert [s.args[1] for s in rig.scripts()] == ["a"]
+    rig.scripts()[0].end(0)
+    success_result_of(stopped)
