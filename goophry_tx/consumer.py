@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -248,7 +248,8 @@ class Consumer:
             return
         self.state = State.TAKING
         assert self._take is not None
-        self._take.take(self._free).addCallbacks(self._took, self._take_failed)
+        # A raise while starting what was taken is a failed take too.
+        self._take.take(self._free).addCallback(self._took).addErrback(self._take_failed)
 
     def _took(self, reply: bytes | list[bytes] | None) -> None:
         if self.state is State.UNBLOCKING:
@@ -274,12 +275,20 @@ class Consumer:
         self.state = State.PAUSED
         if self._retry.later(failure, self._blocking, self._reconcile):
             return
-        self.log.error(
-            "cannot take {type} entries from {queue}: {error}; trying again in 5s",
-            type=self._type,
-            queue=self._queue,
-            error=failure.getErrorMessage(),
-        )
+        if failure.check(ResponseError):
+            self.log.error(
+                "cannot take {type} entries from {queue}: {error}; trying again in 5s",
+                type=self._type,
+                queue=self._queue,
+                error=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "cannot take {type} entries from {queue}; trying again in 5s",
+                failure,
+                type=self._type,
+                queue=self._queue,
+            )
         self._timer = self._clock.callLater(5.0, self._retry_take)
 
     def _retry_take(self) -> None:
@@ -296,7 +305,15 @@ class Consumer:
         self._retry.when_connected(self._control, self._put_back_unknown)
 
     def _put_back_unknown(self) -> None:
-        self.put_back_unknown().addCallbacks(self._reconciled, self._reconcile_failed)
+        """Put back every in-flight entry that is neither running nor unwritten."""
+        assert self._take is not None
+        if not self._take.tracked:
+            self._reconciled(0)
+            return
+        known = [task.payload for task, _ in self._running.values()]
+        known.extend(self._outcomes.known_payloads(self._type))
+        d = self._control.execute("EVAL", RECONCILE_SCRIPT, 2, self._inflight, self._queue, *known)
+        d.addCallbacks(self._reconciled, self._reconcile_failed)
 
     def _reconciled(self, back: Any) -> None:
         if self.state is not State.RECONCILING:
@@ -325,17 +342,6 @@ class Consumer:
         )
         self._take_next()
 
-    def put_back_unknown(self) -> Deferred[Any]:
-        """Put every in-flight entry that is neither running nor unwritten back."""
-        assert self._take is not None
-        if not self._take.tracked:
-            return succeed(0)
-        known = [task.payload for task, _ in self._running.values()]
-        known.extend(self._outcomes.known_payloads(self._type))
-        return self._control.execute(
-            "EVAL", RECONCILE_SCRIPT, 2, self._inflight, self._queue, *known
-        )
-
     # Running
 
     def _start(self, payload: bytes) -> None:
@@ -345,12 +351,13 @@ class Consumer:
         if isinstance(entry, InvalidEntry):
             self._outcomes.invalid(entry)
             return
-        self._free -= 1
         self._outcomes.started(entry)
         task_type = self.task_type
         run = self._runner.run(task_type.script, entry.args, task_type.timeout)
         key = id(run)
         self._running[key] = (entry, run)
+        # Taken by this run until _finished frees it.
+        self._free -= 1
         run.done.addCallback(self._finished, entry, key)
 
     def _finished(self, outcome: Outcome, task: Task, key: int) -> None:

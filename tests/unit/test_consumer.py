@@ -668,3 +668,23 @@ def test_a_batch_taken_while_stopping_goes_back_in_order() -> None:
     assert [s.args[1] for s in rig.scripts()] == ["a"]
     rig.scripts()[0].end(0)
     success_result_of(stopped)
+
+
+def test_a_raise_while_starting_a_taken_entry_is_logged_and_taking_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(rig.consumer, "log", Logger(observer=events.append))
+    rig.start()
+    with monkeypatch.context() as patch:
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("broken runner")
+
+        patch.setattr(rig.consumer._runner, "run", broken)
+        rig.give(entry("a"))
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)
+    assert rig.consumer.state is State.PAUSED
+    rig.clock.advance(5.0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
