@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import txredisapi
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -56,16 +54,11 @@ def test_a_link_that_is_down_fails_commands_with_connection_error() -> None:
 
 
 def _protocol() -> tuple[_Protocol, StringTransport]:
+    """A connected protocol; it has no link, as no test here loses the connection."""
     protocol = _Protocol(charset=None, convertNumbers=False)
-    protocol.link = FakeLinkOwner()  # type: ignore[assignment]
     transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport
-
-
-class FakeLinkOwner:
-    def _lost(self, protocol: Any, why: Failure) -> None:
-        pass
 
 
 def test_txredisapi_still_has_the_internals_this_package_uses() -> None:
