@@ -527,7 +527,7 @@ def test_several_free_workers_take_a_batch_in_one_round_trip() -> None:
     rig.scripts()[1].end(0)
     assert rig.blocking.names() == ["BLMOVE"]
     rig.give(entry("d"))
-    # Two were free when "d" came: the last one takes alone.
+    # "d" runs on one of the two free workers; the last one blocks for one entry.
     assert [p.command for p in rig.blocking.pending] == [blmove()]
 
 

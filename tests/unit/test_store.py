@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 
 from goophry_tx.keys import Keys
 from goophry_tx.redis import ResponseError
@@ -89,3 +90,19 @@ def test_a_loading_redis_is_waited_for() -> None:
     assert link.pending == []
     clock.advance(1)
     assert link.names() == ["MULTI"]
+
+
+def test_a_refused_write_is_logged_in_full_and_not_sent_again() -> None:
+    link, clock = FakeRedisLink(), Clock()
+    store = make_store(link, clock)
+    events: list[dict[str, Any]] = []
+    store.log = Logger(observer=events.append)
+    done = store.failed(task("a"), "exit status 1")
+    link.take("MULTI").refuse(ResponseError("WRONGTYPE Operation against a key"))
+    success_result_of(done)
+    [event] = [e for e in events if e["log_level"] is LogLevel.error]
+    assert "WRONGTYPE" in event["error"]
+    assert '"ErrorMessage":"exit status 1"' in event["record"]
+    clock.advance(60)
+    assert link.pending == []
+    assert store.unwritten("t") == []
