@@ -1,30 +1,35 @@
 """
 The consumer loop of one task type.
 
-A worker slot (a L{DeferredSemaphore} of C{Workers}) is acquired before an
-entry is taken, so entries that cannot run yet stay in Redis for other
-daemons.  The entry moves atomically from the queue to this instance's
+An entry is taken only when a worker is free for it, so entries that cannot
+run yet stay in Redis for other daemons.  How entries are taken is a take
+strategy, chosen once the Redis version is known: on Redis 6.2 and newer
+(L{AtomicTake}) an entry moves atomically from the queue to this instance's
 in-flight list (C{BLMOVE ... LEFT RIGHT}) on a connection of its own, runs,
-and leaves the in-flight list when its outcome is recorded.
+and leaves the in-flight list when its outcome is recorded; on an older
+Redis (L{AtMostOnceTake}) it is popped (C{BLPOP}).  L{Consumer} is the loop
+of worker slots and runs around the strategy, one state at a time.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from goophry_tx.config import TaskType
-from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
+from goophry_tx.outcomes import OutcomeRecorder
 from goophry_tx.process.runner import RunningScript, ScriptRunner
-from goophry_tx.redis import ConnectionError, RedisLink, ResponseError, is_transient
-from goophry_tx.stats import TypeCounters
+from goophry_tx.redis import IRedisLink, ResponseError, Retry
 from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
 
 # Puts back the entries of an in-flight list that this process does not
@@ -66,6 +71,127 @@ return taken
 #: The most entries taken in one round trip.
 MAX_BATCH = 64
 
+#: CLIENT UNBLOCKs sent, 0.2 s apart, before a stop drops the taking connection.
+MAX_UNBLOCKS = 25
+
+
+class ITakeStrategy(Interface):
+    """How a consumer takes entries from its queue."""
+
+    tracked = Attribute(
+        "Whether taken entries wait in the in-flight list until their outcome is "
+        "written, so that entries whose take reply was lost can be put back."
+    )
+
+    def take(free: int) -> Deferred[Any]:
+        """
+        Take at most C{free} entries (at least 1), blocking until there is
+        one or the block timeout is over.  Fires with one payload, a list
+        of payloads, or None when there was nothing to take.
+        """
+
+
+#: Builds a consumer's strategy from its link, queue, in-flight list and block timeout.
+TakeFactory = Callable[[IRedisLink, str, str, float], ITakeStrategy]
+
+
+@implementer(ITakeStrategy)
+class AtomicTake:
+    """
+    Redis 6.2 and newer: C{BLMOVE} to the in-flight list, one entry at a
+    time; when several workers are free and the queue had entries, the
+    batch script (L{TAKE_SCRIPT}) takes what is there for them at once.
+    """
+
+    tracked = True
+
+    def __init__(self, link: IRedisLink, queue: str, inflight: str, block_timeout: float) -> None:
+        self._link = link
+        self._queue = queue
+        self._inflight = inflight
+        self._blmove = ("BLMOVE", queue, inflight, "LEFT", "RIGHT", block_timeout)
+        self._sha: str | bytes = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+        # An empty queue: block for one entry rather than run the script
+        # again and again.
+        self._starved = True
+
+    def take(self, free: int) -> Deferred[Any]:
+        if free > 1 and not self._starved:
+            return self._take_many(min(free, MAX_BATCH))
+        return self._link.execute(*self._blmove).addCallback(self._moved)
+
+    def _moved(self, payload: bytes | None) -> bytes | None:
+        self._starved = payload is None
+        return payload
+
+    def _take_many(self, wanted: int) -> Deferred[Any]:
+        d = self._link.execute("EVALSHA", self._sha, 2, self._queue, self._inflight, wanted)
+        return d.addCallbacks(self._moved_many, self._reload, errbackArgs=(wanted,))
+
+    def _moved_many(self, payloads: list[bytes]) -> list[bytes]:
+        self._starved = not payloads
+        return payloads
+
+    def _reload(self, failure: Failure, wanted: int) -> Deferred[Any] | Failure:
+        if not (failure.check(ResponseError) and "NOSCRIPT" in failure.getErrorMessage()):
+            return failure
+        # Redis forgot the script (restarted, SCRIPT FLUSH): load it, ask again.
+        d = self._link.execute("SCRIPT", "LOAD", TAKE_SCRIPT)
+        return d.addCallback(self._loaded, wanted)
+
+    def _loaded(self, sha: bytes, wanted: int) -> Deferred[Any]:
+        self._sha = sha
+        return self._take_many(wanted)
+
+
+@implementer(ITakeStrategy)
+class AtMostOnceTake:
+    """
+    Redis before 6.2 has no BLMOVE: C{BLPOP}, one entry at a time.  An entry
+    running when the daemon dies is lost (at most once).
+    """
+
+    tracked = False
+
+    def __init__(self, link: IRedisLink, queue: str, inflight: str, block_timeout: float) -> None:
+        self._link = link
+        # Redis before 6.0 takes whole seconds only.
+        self._blpop = ("BLPOP", queue, max(1, math.ceil(block_timeout)))
+
+    def take(self, free: int) -> Deferred[Any]:
+        return self._link.execute(*self._blpop).addCallback(_popped)
+
+
+def _popped(reply: list[bytes] | None) -> bytes | None:
+    # BLPOP answers [queue, entry].
+    return None if reply is None else reply[1]
+
+
+def take_strategy(version: tuple[int, ...]) -> TakeFactory:
+    """The take strategy for a Redis of this version (newest when not known)."""
+    if version and version < (6, 2):
+        return AtMostOnceTake
+    return AtomicTake
+
+
+class State(enum.Enum):
+    """Where a consumer's loop is."""
+
+    #: Not started.
+    IDLE = "idle"
+    #: Putting back in-flight entries this process does not know of, before taking.
+    RECONCILING = "reconciling"
+    #: A take is on its way to Redis.
+    TAKING = "taking"
+    #: Every worker is busy: the next take waits for one to be free.
+    FULL = "full"
+    #: Redis is away or refused the take: waiting to try again.
+    PAUSED = "paused"
+    #: Stopped while a take was on its way: ending it (CLIENT UNBLOCK).
+    UNBLOCKING = "unblocking"
+    #: Taking nothing more; running scripts may still be finishing.
+    STOPPED = "stopped"
+
 
 class Consumer:
     """Takes entries of one type from Redis and runs them, C{Workers} at once."""
@@ -78,296 +204,184 @@ class Consumer:
         task_type: TaskType,
         keys: Keys,
         instance: str,
-        blocking: RedisLink,
-        control: RedisLink,
-        store: OutcomeStore,
+        blocking: IRedisLink,
+        control: IRedisLink,
+        outcomes: OutcomeRecorder,
         runner: ScriptRunner,
-        notifier: ErrorNotifier,
-        counters: TypeCounters,
         clock: IReactorTime,
         verbose: bool = False,
         block_timeout: float = 10.0,
-        atomic: bool = True,
     ) -> None:
         self.task_type = task_type
+        self._type = task_type.type
         self._queue = keys.queue(task_type.type)
         self._inflight = keys.inflight(task_type.type, instance)
         self._blocking = blocking
         self._control = control
-        self._store = store
+        self._outcomes = outcomes
         self._runner = runner
-        self._notifier = notifier
-        self._counters = counters
         self._clock = clock
         self._verbose = verbose
         self._block_timeout = block_timeout
-        #: False on a Redis older than 6.2: BLPOP, at most once.
-        self.atomic = atomic
-        self._slots = DeferredSemaphore(task_type.workers)
+        self.state = State.IDLE
+        self._take: ITakeStrategy | None = None
+        #: Workers with no script running.
+        self._free = task_type.workers
         self._running: dict[int, tuple[Task, RunningScript]] = {}
-        self._taking: Deferred[Any] | None = None
-        self._unblocks = 0
-        self._take_sha: str | bytes = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
-        self._starved = True
-        self._moving = False
-        self._retry: IDelayedCall | None = None
-        self._stopping = False
+        self._retry = Retry(clock)
+        #: The pause after a refused take, or the next CLIENT UNBLOCK.
+        self._timer: IDelayedCall | None = None
         self._stop_waiters: list[Deferred[None]] = []
 
     # The loop
 
-    def start(self) -> None:
-        """Start taking entries."""
-        self._stopping = False
-        self._blocking.when_connected().addCallback(self._reconcile)
+    def start(self, take: TakeFactory) -> None:
+        """Start taking entries, the way C{take} builds for this queue."""
+        self._take = take(self._blocking, self._queue, self._inflight, self._block_timeout)
+        self.state = State.RECONCILING
+        self._retry.when_connected(self._blocking, self._reconcile)
 
-    def _take_next(self, _: object = None) -> None:
-        if self._stopping or self._taking is not None:
+    def _take_next(self) -> None:
+        """Take as many entries as there are free workers, or wait for one."""
+        if self._free == 0:
+            self.state = State.FULL
             return
-        d = self._slots.acquire()
-        self._taking = d
-        d.addCallback(self._move)
-        d.addErrback(self._move_failed)
+        self.state = State.TAKING
+        assert self._take is not None
+        # A raise while starting what was taken is a failed take too.
+        self._take.take(self._free).addCallback(self._took).addErrback(self._take_failed)
 
-    def _move(self, _: object) -> Deferred[Any]:
-        if self._stopping:
-            raise CancelledError()
-        self._moving = True
-        slots = self._slots
-        if self.atomic and slots.tokens > 0 and not self._starved:
-            # Several workers free: take what is there for them at once.
-            wanted = 1
-            while slots.tokens > 0 and wanted < MAX_BATCH:
-                slots.acquire()
-                wanted += 1
-            return self._blocking.execute(
-                "EVALSHA", self._take_sha, 2, self._queue, self._inflight, wanted
-            ).addCallbacks(
-                self._moved_many,
-                self._take_script_failed,
-                callbackArgs=(wanted,),
-                errbackArgs=(wanted,),
-            )
-        if self.atomic:
-            command: tuple[Any, ...] = (
-                "BLMOVE",
-                self._queue,
-                self._inflight,
-                "LEFT",
-                "RIGHT",
-                self._block_timeout,
-            )
-        else:
-            # Redis before 6.0 takes whole seconds only.
-            command = ("BLPOP", self._queue, max(1, math.ceil(self._block_timeout)))
-        return self._blocking.execute(*command).addCallback(self._moved)
-
-    def _moved_many(self, payloads: list[bytes], wanted: int) -> None:
-        self._moving = False
-        self._taking = None
-        # An empty queue: block for one entry next time.
-        self._starved = not payloads
-        for _ in range(wanted - len(payloads)):
-            self._slots.release()
-        for payload in payloads:
-            if self._stopping:
-                self._slots.release()
-                self._store.requeue(self.task_type.type, payload)
-            else:
+    def _took(self, reply: bytes | list[bytes] | None) -> None:
+        if self.state is State.UNBLOCKING:
+            # Taken while stopping: not started, so it goes back.
+            for payload in _payloads(reply):
+                self._outcomes.put_back(self._type, payload)
+            self._stopped_taking()
+            return
+        # Still TAKING while they start: a script that ends at once frees
+        # its worker without starting a second take.
+        if isinstance(reply, bytes):
+            self._start(reply)
+        elif reply:
+            for payload in reply:
                 self._start(payload)
         self._take_next()
 
-    def _take_script_failed(self, failure: Failure, wanted: int) -> Any:
-        # Keep one slot for _move_failed to release.
-        for _ in range(wanted - 1):
-            self._slots.release()
-        if failure.check(ResponseError) and "NOSCRIPT" in failure.getErrorMessage():
-            # Redis forgot the script (restarted, SCRIPT FLUSH): load it again.
-            self._moving = False
-            self._taking = None
-            self._slots.release()
-            self._load_take_script().addBoth(lambda _: self._take_next())
-            return None
-        return failure
-
-    def _load_take_script(self) -> Deferred[Any]:
-        def loaded(sha: bytes) -> None:
-            self._take_sha = sha
-
-        return self._blocking.execute("SCRIPT", "LOAD", TAKE_SCRIPT).addCallback(loaded)
-
-    def _moved(self, reply: Any) -> None:
-        self._moving = False
-        self._taking = None
-        self._starved = False
-        payload = reply if self.atomic or reply is None else reply[1]
-        if payload is None:
-            # Timed out on an empty queue: block again rather than poll.
-            self._starved = True
-            self._slots.release()
-        elif self._stopping:
-            # Taken while stopping: not started, so it goes back.
-            self._slots.release()
-            self._store.requeue(self.task_type.type, payload)
+    def _take_failed(self, failure: Failure) -> None:
+        if self.state is State.UNBLOCKING:
+            # Ended by the stop; what it took, the next reconcile puts back.
+            self._stopped_taking()
+            return
+        self.state = State.PAUSED
+        if self._retry.later(failure, self._blocking, self._reconcile):
+            return
+        if failure.check(ResponseError):
+            self.log.error(
+                "cannot take {type} entries from {queue}: {error}; trying again in 5s",
+                type=self._type,
+                queue=self._queue,
+                error=failure.getErrorMessage(),
+            )
         else:
-            self._start(payload)
+            self.log.failure(
+                "cannot take {type} entries from {queue}; trying again in 5s",
+                failure,
+                type=self._type,
+                queue=self._queue,
+            )
+        self._timer = self._clock.callLater(5.0, self._retry_take)
+
+    def _retry_take(self) -> None:
+        self._timer = None
         self._take_next()
 
-    def _move_failed(self, failure: Failure) -> None:
-        self._moving = False
-        self._taking = None
-        if failure.check(CancelledError):
-            return
-        self._slots.release()
-        if self._stopping or self._reconcile_later(failure):
-            return
-        self.log.error(
-            "cannot take {type} entries from {queue}: {error}; trying again in 5s",
-            type=self.task_type.type,
-            queue=self._queue,
-            error=failure.getErrorMessage(),
-        )
-        self._retry = self._clock.callLater(5.0, self._retry_now)
-
-    def _retry_now(self) -> None:
-        self._retry = None
-        self._take_next()
-
-    def _reconcile(self, _: object = None) -> None:
+    def _reconcile(self) -> None:
         """
-        Put back in-flight entries this process does not know of (a move
-        whose reply was lost), then take entries again.
+        Put back in-flight entries this process does not know of (a take
+        whose reply was lost), then take entries again.  Needs the control
+        link as well as the taking one.
         """
-        if self._stopping:
+        self.state = State.RECONCILING
+        self._retry.when_connected(self._control, self._put_back_unknown)
+
+    def _put_back_unknown(self) -> None:
+        """Put back every in-flight entry that is neither running nor unwritten."""
+        assert self._take is not None
+        if not self._take.tracked:
+            self._reconciled(0)
             return
-        d = self._control.when_connected()
-        d.addCallback(lambda _: self.put_back_unknown())
+        known = [task.payload for task, _ in self._running.values()]
+        known.extend(self._outcomes.known_payloads(self._type))
+        d = self._control.execute("EVAL", RECONCILE_SCRIPT, 2, self._inflight, self._queue, *known)
         d.addCallbacks(self._reconciled, self._reconcile_failed)
 
     def _reconciled(self, back: Any) -> None:
+        if self.state is not State.RECONCILING:
+            return
         if back:
             self.log.warn(
                 "{count} {type} entries taken as the connection was lost went back to "
                 "the head of {queue}",
                 count=back,
-                type=self.task_type.type,
+                type=self._type,
                 queue=self._queue,
             )
         self._take_next()
 
-    def _reconcile_later(self, failure: Failure) -> bool:
-        """
-        Redis is away or not ready: reconcile (then take again) once it is
-        back.  False for any other failure.
-        """
-        if failure.check(ConnectionError):
-            self._blocking.when_connected().addCallback(self._reconcile)
-            return True
-        if is_transient(failure):
-            self._retry = self._clock.callLater(0.5, self._reconcile)
-            return True
-        return False
-
     def _reconcile_failed(self, failure: Failure) -> None:
-        if self._reconcile_later(failure):
+        if self.state is not State.RECONCILING:
+            # Stopped meanwhile: the next start reconciles again.
+            return
+        self.state = State.PAUSED
+        if self._retry.later(failure, self._control, self._reconcile):
             return
         self.log.error(
             "cannot check the {type} in-flight list: {error}",
-            type=self.task_type.type,
+            type=self._type,
             error=failure.getErrorMessage(),
         )
         self._take_next()
-
-    def put_back_unknown(self) -> Deferred[Any]:
-        """Put every in-flight entry that is neither running nor unwritten back."""
-        if not self.atomic:
-            return succeed(0)
-        known = [task.payload for task, _ in self._running.values()]
-        for payload, count in self._store.unwritten[self.task_type.type].items():
-            known.extend([payload] * count)
-        return self._control.execute(
-            "EVAL", RECONCILE_SCRIPT, 2, self._inflight, self._queue, *known
-        )
 
     # Running
 
     def _start(self, payload: bytes) -> None:
         if self._verbose:
-            self.log.info(
-                "task {type} taken: {payload!r}", type=self.task_type.type, payload=payload
-            )
-        entry = parse_entry(self.task_type.type, payload)
+            self.log.info("task {type} taken: {payload!r}", type=self._type, payload=payload)
+        entry = parse_entry(self._type, payload)
         if isinstance(entry, InvalidEntry):
-            self._slots.release()
-            self._invalid(entry)
+            self._outcomes.invalid(entry)
             return
-        counters = self._counters
-        counters.started += 1
-        counters.running += 1
-        if self._verbose:
-            self.log.info(
-                "task {type} started: {script} {args}",
-                type=entry.type,
-                script=self.task_type.script,
-                args=list(entry.args),
-            )
-        run = self._runner.run(self.task_type.script, entry.args, self.task_type.timeout)
+        self._outcomes.started(entry)
+        task_type = self.task_type
+        run = self._runner.run(task_type.script, entry.args, task_type.timeout)
         key = id(run)
         self._running[key] = (entry, run)
+        # Taken by this run until _finished frees it.
+        self._free -= 1
         run.done.addCallback(self._finished, entry, key)
 
     def _finished(self, outcome: Outcome, task: Task, key: int) -> None:
         _, run = self._running.pop(key)
-        self._slots.release()
-        counters = self._counters
-        counters.running -= 1
-        counters.seconds += outcome.duration
-        if run.stopped:
-            counters.requeued += 1
-            self.log.info(
-                "task {type} {args} stopped by shutdown; its entry goes back to the queue",
+        try:
+            if run.stopped:
+                self._outcomes.requeued(task, outcome)
+            elif outcome.succeeded:
+                self._outcomes.succeeded(task, outcome)
+            else:
+                self._outcomes.failed(task, outcome)
+        except Exception:
+            self.log.failure(
+                "cannot record the outcome of a {type} task {args}",
                 type=task.type,
                 args=list(task.args),
             )
-            self._store.requeue(task.type, task.payload)
-        elif outcome.succeeded:
-            counters.succeeded += 1
-            if self._verbose:
-                self.log.info(
-                    "task {type} done in {duration:.3f}s: {args}",
-                    type=task.type,
-                    duration=outcome.duration,
-                    args=list(task.args),
-                )
-            self._store.succeeded(task)
-        else:
-            counters.failed += 1
-            error = outcome.error_message()
-            self.log.warn(
-                "task {type} failed: {script} {args}: {error}",
-                type=task.type,
-                script=self.task_type.script,
-                args=list(task.args),
-                error=error,
-            )
-            self._store.failed(task, error)
-            self._notifier.notify(self.task_type.script, task.args, error)
-        self._maybe_stopped()
-
-    def _invalid(self, entry: InvalidEntry) -> None:
-        self._counters.invalid += 1
-        self.log.warn(
-            "{type}: {reason}; entry: {payload!r}",
-            type=entry.type,
-            reason=entry.reason,
-            payload=entry.payload,
-        )
-        self._store.failed(entry, entry.reason)
-        self._notifier.notify(
-            self.task_type.script,
-            (),
-            f"{entry.reason}\n{entry.payload.decode('utf-8', 'backslashreplace')}",
-        )
+        # The one place a worker is freed.
+        self._free += 1
+        state = self.state
+        if state is State.FULL:
+            self._take_next()
+        elif state is State.STOPPED:
+            self._maybe_stopped()
 
     # Stopping
 
@@ -379,36 +393,46 @@ class Consumer:
         """
         Stop taking entries at once; fires when the running scripts are done.
         """
-        self._stopping = True
-        self._unblocks = 0
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        if self._taking is not None and not self._moving:
-            self._taking.cancel()
-        if self._moving:
-            self._unblock()
+        self._retry.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.state is State.TAKING:
+            self.state = State.UNBLOCKING
+            self._unblock(1)
+        elif self.state is not State.UNBLOCKING:
+            self.state = State.STOPPED
         stopped: Deferred[None] = Deferred()
         self._stop_waiters.append(stopped)
         self._maybe_stopped()
         return stopped
 
-    def _unblock(self) -> None:
+    def _unblock(self, attempt: int) -> None:
         """
-        End the pending blocking move now; what it took goes back.  Asked
-        again until it has ended, in case the unblock overtook the move.
+        End the pending take now; what it took goes back.  Asked again until
+        it has ended, in case the unblock overtook the take.
         """
+        self._timer = None
         client_id = self._blocking.client_id
-        if not self._moving or client_id is None:
+        if client_id is None:
+            # The link is down: the take fails with it.
             return
-        self._unblocks += 1
-        if self._unblocks > 25:
+        if attempt > MAX_UNBLOCKS:
             # Five seconds and Redis has not answered: drop the connection,
-            # which ends the move (what it took, the reconcile puts back).
+            # which ends the take (what it took, the reconcile puts back).
             self._blocking.abort()
             return
-        self._control.execute("CLIENT", "UNBLOCK", client_id).addErrback(lambda f: None)
-        self._retry = self._clock.callLater(0.2, self._unblock)
+        # Sent again in 0.2 s, and the connection dropped in the end: a
+        # failed unblock changes nothing.
+        self._control.execute("CLIENT", "UNBLOCK", client_id).addErrback(lambda _: None)
+        self._timer = self._clock.callLater(0.2, self._unblock, attempt + 1)
+
+    def _stopped_taking(self) -> None:
+        self.state = State.STOPPED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._maybe_stopped()
 
     def stop_scripts(self) -> None:
         """ShutdownTimeout is over: stop every running script."""
@@ -416,11 +440,17 @@ class Consumer:
             run.stop()
 
     def _maybe_stopped(self) -> None:
-        if not self._stop_waiters or self._running:
-            return
-        if self._taking is not None:
-            self._taking.addBoth(lambda _: self._maybe_stopped())
+        if not self._stop_waiters or self.state is not State.STOPPED or self._running:
             return
         waiters, self._stop_waiters = self._stop_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+
+
+def _payloads(reply: bytes | list[bytes] | None) -> list[bytes]:
+    """What one take brought, as a list."""
+    if reply is None:
+        return []
+    if isinstance(reply, bytes):
+        return [reply]
+    return list(reply)

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import LUA_KEYS, Keys
-from goophry_tx.redis import RedisLink, is_transient
+from goophry_tx.redis import IRedisLink, is_transient
 
 # ARGV after the key layout: own name, heartbeat milliseconds, own record,
 # and '1' to look for dead instances.  Beats, registers, and returns the
@@ -218,7 +218,7 @@ class HeartbeatService(Service):
 
     def __init__(
         self,
-        link: RedisLink,
+        link: IRedisLink,
         keys: Keys,
         instance: str,
         types: list[str],

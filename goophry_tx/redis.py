@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 ConnectionError = txredisapi.ConnectionError
 ResponseError = txredisapi.ResponseError
@@ -41,6 +42,97 @@ def is_transient(failure: Failure) -> bool:
     return bool(failure.check(ResponseError)) and failure.getErrorMessage().startswith(
         TRANSIENT_ERRORS
     )
+
+
+class IRedisLink(Interface):
+    """
+    One connection to Redis that comes back by itself, as the rest of the
+    package uses it.
+    """
+
+    client_id = Attribute("Redis's id for the connection (CLIENT ID), or None while it is down.")
+    connected = Attribute("Whether the link is up and ready for commands.")
+
+    def when_connected() -> Deferred[None]:
+        """Fires once the link is up and ready for commands; cancellable."""
+
+    def execute(*command: str | bytes | int | float) -> Deferred[Any]:
+        """
+        Send one command; fires with its reply, or fails with L{ResponseError}
+        (Redis refused it) or L{ConnectionError} (the link is or went down).
+        """
+
+    def transaction(commands: Sequence[Command]) -> Deferred[list[Any]]:
+        """Run commands in one MULTI/EXEC; fires with their replies."""
+
+    def abort() -> None:
+        """Drop the connection now (a command that will not end); it comes back."""
+
+
+class Retry:
+    """
+    The one policy for a Redis command that failed: a lost connection waits
+    for the link to come back, a transient error (L{TRANSIENT_ERRORS}) tries
+    again shortly, anything else is the caller's to log.  What is waiting can
+    be cancelled at once, on stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, delay: float = 0.5) -> None:
+        self._clock = clock
+        self.delay = delay
+        self._calls: set[IDelayedCall] = set()
+        self._waits: set[Deferred[None]] = set()
+
+    def later(self, failure: Failure, link: IRedisLink, again: Callable[[], object]) -> bool:
+        """
+        Call C{again} when sending the command again may help; False, and
+        nothing scheduled, when it will not.
+        """
+        if failure.check(ConnectionError):
+            self.when_connected(link, again)
+            return True
+        if is_transient(failure):
+            # Redis is loading its data, busy with a script, ...
+            self.after(self.delay, again)
+            return True
+        return False
+
+    def when_connected(self, link: IRedisLink, again: Callable[[], object]) -> None:
+        """Call C{again} once C{link} is up (at once if it is)."""
+        wait = link.when_connected()
+        self._waits.add(wait)
+        wait.addCallback(self._connected, wait, again).addErrback(self._not_called)
+
+    def _connected(self, _: None, wait: Deferred[None], again: Callable[[], object]) -> None:
+        self._waits.discard(wait)
+        again()
+
+    def _not_called(self, failure: Failure) -> None:
+        # Cancelled by L{cancel}: nothing more to do.  Anything else is a bug.
+        if not failure.check(CancelledError):
+            self.log.failure("retrying a Redis command failed", failure)
+
+    def after(self, delay: float, again: Callable[[], object]) -> None:
+        """Call C{again} in C{delay} seconds."""
+        call: IDelayedCall
+
+        def fire() -> None:
+            self._calls.discard(call)
+            again()
+
+        call = self._clock.callLater(delay, fire)
+        self._calls.add(call)
+
+    def cancel(self) -> None:
+        """Forget every retry still to come."""
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            call.cancel()
+        waits, self._waits = self._waits, set()
+        for wait in waits:
+            wait.cancel()
 
 
 class RedisHealth:
@@ -123,12 +215,30 @@ def _reply(reply: Any) -> Any:
     return reply
 
 
+def _transaction_replies(replies: Any) -> list[Any]:
+    if replies is None:
+        raise ResponseError("transaction aborted")
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return list(replies)
+
+
 class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
-    """txredisapi's protocol, telling its link when the connection goes."""
+    """
+    txredisapi's protocol, telling its link when the connection goes.
+
+    The only place that reaches into txredisapi's internals (its reply
+    queue's C{waiting} list, its C{pipelining} attributes);
+    C{tests/unit/test_redis.py} fails when a release changes them.
+    """
 
     link: RedisLink
+    pipelining: bool
+    pipelined_commands: list[bytes]
+    pipelined_replies: list[Any]
 
-    def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted's name)
+    def connectionLost(self, why: Failure) -> None:
         self.link._lost(self, why)
         super().connectionLost(why)
 
@@ -144,6 +254,28 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         self.transport.write(command)
         return d.addCallback(_reply)
 
+    def send_transaction(self, commands: Sequence[Command]) -> Deferred[list[Any]]:
+        """
+        Write MULTI, the commands and EXEC in one write; fires with the
+        commands' replies, or fails with the first error among them.
+        """
+        self.pipelining = True
+        try:
+            queued_replies = [self.execute_command("MULTI", apply_timeout=False)]
+            for command in commands:
+                queued_replies.append(self.execute_command(*command, apply_timeout=False))
+            result: Deferred[Any] = self.execute_command("EXEC", apply_timeout=False)
+        finally:
+            self.pipelining = False
+            queued, self.pipelined_commands = self.pipelined_commands, []
+            self.pipelined_replies = []
+        if self.transport is not None:
+            self.transport.write(b"".join(queued))
+        # Their answers are QUEUED, or an error that EXEC reports again.
+        for reply in queued_replies:
+            reply.addErrback(lambda _: None)
+        return result.addCallback(_transaction_replies)
+
 
 class _Factory(Factory):
     noisy = False
@@ -151,7 +283,7 @@ class _Factory(Factory):
     def __init__(self, link: RedisLink) -> None:
         self.link = link
 
-    def buildProtocol(self, addr: object) -> _Protocol:  # noqa: N802
+    def buildProtocol(self, addr: object) -> _Protocol:
         # Replies as bytes, numbers left alone: task payloads are bytes.
         protocol = _Protocol(charset=None, convertNumbers=False)
         protocol.link = self.link
@@ -169,12 +301,16 @@ def backoff(initial: float = 0.1, maximum: float = 5.0) -> Callable[[int], float
     return policy
 
 
+@implementer(IRedisLink)
 class RedisLink(Service):
     """
     One connection to Redis, kept up for as long as the service runs.
 
     Commands sent while it is down fail with L{ConnectionError}; callers
     that must not lose a write wait with L{when_connected} and send again.
+
+    Not Twisted's C{ClientService}, which leaves the socket open and then raises C{NoTransition}
+    when a stop or a refused AUTH meets a pending C{prepareConnection}.
     """
 
     log = Logger()
@@ -210,11 +346,11 @@ class RedisLink(Service):
         #: Redis's id for this connection (CLIENT ID), for CLIENT UNBLOCK.
         self.client_id: bytes | None = None
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self._connect()
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -373,28 +509,4 @@ class RedisLink(Service):
         protocol = self._protocol
         if protocol is None:
             return fail(ConnectionError(f"not connected to Redis ({self.link_name})"))
-        protocol.pipelining = True
-        try:
-            queued_replies = [protocol.execute_command("MULTI", apply_timeout=False)]
-            for command in commands:
-                queued_replies.append(protocol.execute_command(*command, apply_timeout=False))
-            result: Deferred[Any] = protocol.execute_command("EXEC", apply_timeout=False)
-        finally:
-            protocol.pipelining = False
-            queued, protocol.pipelined_commands = protocol.pipelined_commands, []
-            protocol.pipelined_replies = []
-        if protocol.transport is not None:
-            protocol.transport.write(b"".join(queued))
-        # Their answers are QUEUED, or an error that EXEC reports again.
-        for reply in queued_replies:
-            reply.addErrback(lambda _: None)
-
-        def check(replies: Any) -> list[Any]:
-            if replies is None:
-                raise ResponseError("transaction aborted")
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return list(replies)
-
-        return result.addCallback(check)
+        return protocol.send_transaction(commands)

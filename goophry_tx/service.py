@@ -31,16 +31,17 @@ from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, split_host_port
-from goophry_tx.consumer import Consumer
-from goophry_tx.failures import ErrorNotifier, OutcomeStore
+from goophry_tx.consumer import AtomicTake, Consumer, TakeFactory, take_strategy
+from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
 from goophry_tx.notify import SystemdNotifier
+from goophry_tx.outcomes import OutcomeRecorder, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
-from goophry_tx.recovery import Abandoned, HeartbeatService
+from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.stats import Stats, StatsResource
-from goophry_tx.task import Task, parse_entry
+from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
 from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
 
@@ -123,7 +124,8 @@ class GoophryService(MultiService):
         self._reactor = reactor
         self.verbose = verbose
         self.keys = Keys(config.redis_queue_key)
-        self.stats = Stats(reactor, [t.type for t in config.tasks])
+        self.counters = type_counters(t.type for t in config.tasks)
+        self.stats = Stats(reactor, self.counters)
 
         address = config.redis_address
         self.health = RedisHealth(reactor, address)
@@ -141,6 +143,8 @@ class GoophryService(MultiService):
         self._instance = instance
         self.instance = instance or ""
         self.consumers: list[Consumer] = []
+        #: How the consumers take entries; chosen once the Redis version is known.
+        self.take: TakeFactory = AtomicTake
         if config.stats_interface:
             self._stats_service().setServiceParent(self)
         self.phase = Phase.IDLE
@@ -212,6 +216,13 @@ class GoophryService(MultiService):
             config.error_queue_size,
             config.error_script_timeout,
         )
+        self.outcomes = OutcomeRecorder(
+            tasks=config.tasks,
+            counters=self.counters,
+            store=self.store,
+            notifier=self.notifier,
+            verbose=self.verbose,
+        )
         self.consumers = [
             Consumer(
                 task_type=task_type,
@@ -219,10 +230,8 @@ class GoophryService(MultiService):
                 instance=self.instance,
                 blocking=self._takers[task_type.type],
                 control=self.control,
-                store=self.store,
+                outcomes=self.outcomes,
                 runner=self.runner,
-                notifier=self.notifier,
-                counters=self.stats.types[task_type.type],
                 clock=reactor,
                 verbose=self.verbose,
                 block_timeout=config.block_timeout,
@@ -237,7 +246,7 @@ class GoophryService(MultiService):
             reactor,
             config.instance_timeout,
             config.max_recoveries,
-            self._abandoned,
+            self.outcomes.abandoned,
         )
 
     def startService(self) -> None:
@@ -289,16 +298,18 @@ class GoophryService(MultiService):
         d.addCallbacks(self._start_consumers, self._start_failed)
 
     def _check_version(self, info: bytes) -> float | None:
-        """Warn about a Redis without BLMOVE; tell how long it has been up."""
+        """
+        Choose how entries are taken (and warn about a Redis without
+        BLMOVE); tell how long Redis has been up.
+        """
         version = parse_redis_version(info)
-        if version and version < (6, 2):
+        self.take = take_strategy(version)
+        if self.take is not AtomicTake:
             self.log.warn(
                 "Redis {version} has no BLMOVE (6.2 and newer): falling back to BLPOP, "
                 "so a task running when the daemon dies is lost (at most once)",
                 version=".".join(map(str, version)),
             )
-            for consumer in self.consumers:
-                consumer.atomic = False
         return parse_redis_uptime(info)
 
     def _start_heartbeat(self, _: object) -> Deferred[None]:
@@ -306,32 +317,11 @@ class GoophryService(MultiService):
         self.heartbeat.setServiceParent(self)
         return self.heartbeat.when_beating()
 
-    def _abandoned(self, abandoned: Abandoned) -> None:
-        """An entry recovered MaxRecoveries times: store it as failed."""
-        entry = parse_entry(abandoned.type, abandoned.payload)
-        error = (
-            f"abandoned after {abandoned.recoveries} recoveries: the daemon running it "
-            f"died each time (last {abandoned.dead_instance})"
-        )
-        self.log.error(
-            "{type} entry {payload!r} {error}",
-            type=abandoned.type,
-            payload=abandoned.payload,
-            error=error,
-        )
-        counters = self.stats.types.get(abandoned.type)
-        if counters is not None:
-            counters.failed += 1
-        self.store.failed(entry, error)
-        script = next((t.script for t in self.config.tasks if t.type == abandoned.type), "")
-        args = entry.args if isinstance(entry, Task) else ()
-        self.notifier.notify(script or abandoned.type, args, error)
-
     def _start_consumers(self, _: object) -> None:
         self._starting = None
         self.phase = Phase.CONSUMING
         for consumer in self.consumers:
-            consumer.start()
+            consumer.start(self.take)
         self.systemd.ready(f"{len(self.consumers)} types")
 
     def _start_failed(self, failure: Failure) -> None:

@@ -9,11 +9,9 @@ the lock that C{prometheus_client}'s own metric objects take per update.
 
 from __future__ import annotations
 
-import bisect
 import json
 import posixpath
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal, get_args
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import attrs
@@ -36,103 +34,11 @@ from twisted.web.server import Request
 
 from goophry_tx import __version__
 from goophry_tx.keys import Keys
-from goophry_tx.redis import ConnectionError, RedisLink
-from goophry_tx.task import InvalidEntry, Outcome
-
-#: Upper bounds of the task duration histogram's buckets, in seconds:
-#: from a script that only checks something to one that runs for an hour.
-DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-)
-
-FailureReason = Literal["exit", "signal", "timeout", "output", "start", "invalid", "abandoned"]
-
-#: Every reason an entry ends in its failed list, as C{goophry_failures_total} labels it.
-FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+from goophry_tx.outcomes import DURATION_BUCKETS, TypeCounters
+from goophry_tx.redis import ConnectionError, IRedisLink
 
 #: Queue figures older than this are read again, when someone asks for them.
 QUEUE_FIGURES_MAX_AGE = 5.0
-
-
-def failure_reason(what: Outcome | InvalidEntry) -> FailureReason:
-    """
-    Why an entry is stored as failed, from what the recorder has at hand.
-    An abandoned entry has no outcome: its recorder passes C{"abandoned"}.
-    """
-    if isinstance(what, InvalidEntry):
-        return "invalid"
-    if what.start_error is not None:
-        return "start"
-    # A script past its timeout is killed: the timeout is the reason, not
-    # the signal that ended it.
-    if what.timed_out is not None:
-        return "timeout"
-    if what.signal is not None:
-        return "signal"
-    if what.exit_code != 0:
-        return "exit"
-    return "output"
-
-
-class TypeCounters:
-    """What happened to the entries of one task type."""
-
-    __slots__ = (
-        "started",
-        "running",
-        "succeeded",
-        "failed",
-        "invalid",
-        "requeued",
-        "seconds",
-        "durations",
-        "failures",
-    )
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.running = 0
-        self.succeeded = 0
-        self.failed = 0
-        self.invalid = 0
-        self.requeued = 0
-        self.seconds = 0.0
-        #: Finished runs per duration bucket (not cumulative); the last is +Inf.
-        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
-        self.failures: dict[FailureReason, int] = dict.fromkeys(FAILURE_REASONS, 0)
-
-    def observe(self, duration: float) -> None:
-        """Count a finished run and how long it took."""
-        self.seconds += duration
-        self.durations[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
-
-    def failed_with(self, reason: FailureReason) -> None:
-        """
-        Count an entry stored as failed, and why.  An invalid entry counts
-        as invalid, not as a failed task, as it always has.
-        """
-        self.failures[reason] += 1
-        if reason == "invalid":
-            self.invalid += 1
-        else:
-            self.failed += 1
 
 
 @attrs.frozen
@@ -145,7 +51,7 @@ class QueueFigures:
 
 
 def queue_figures(
-    link: RedisLink, keys: Keys, types: Sequence[str]
+    link: IRedisLink, keys: Keys, types: Sequence[str]
 ) -> Deferred[dict[str, QueueFigures]]:
     """
     Read the queue figures of every type: the lengths of its queue and its
@@ -176,14 +82,14 @@ def queue_figures(
 
 
 class Stats:
-    """Counters for every configured task type, from the start."""
+    """The counters of every configured task type, as the outcome recorder keeps them."""
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, types: Iterable[str]) -> None:
+    def __init__(self, clock: IReactorTime, types: Mapping[str, TypeCounters]) -> None:
         self._clock = clock
         self.started_at = clock.seconds()
-        self.types: dict[str, TypeCounters] = {t: TypeCounters() for t in types}
+        self.types = types
         #: Tells whether Redis is reachable; set by the service.
         self.redis_connected: Callable[[], bool] = lambda: False
         #: The types no instance takes entries of now; filled by the service.
@@ -388,7 +294,7 @@ class StatsResource(Resource):
         self._metrics_pattern = metrics_pattern
         self._registry = metrics_registry(stats)
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 (Twisted's name)
+    def render_GET(self, request: Request) -> bytes:
         path = unquote((request.path or b"/").decode("utf-8", "replace"))
         cleaned = clean_path(path)
         if cleaned != path:

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from goophry_tx.process.spawn import SpawnError
-from goophry_tx.redis import Command, ConnectionError
+from goophry_tx.redis import Command, ConnectionError, IRedisLink
 
 T = TypeVar("T")
 
@@ -250,18 +250,19 @@ class SentCommand:
         self.deferred.errback(Failure(error))
 
 
+@implementer(IRedisLink)
 class FakeRedisLink:
     """
-    The part of L{goophry_tx.redis.RedisLink} that consumers and the
-    outcome store use.  Every command is kept (in C{sent}, and in
-    C{pending} until answered); C{lose_connection} fails the pending ones
-    with L{ConnectionError}, as a dropped connection does.
+    An L{IRedisLink} that the test answers.  Every command is kept (in
+    C{sent}, and in C{pending} until answered); C{lose_connection} fails the
+    pending ones with L{ConnectionError}, as a dropped connection does.
     """
 
     def __init__(self, client_id: bytes = b"7", connected: bool = True) -> None:
         self.client_id: bytes | None = client_id if connected else None
         self._next_client_id = client_id
         self.connected = connected
+        self.aborted = 0
         self.sent: list[tuple[Any, ...]] = []
         self.pending: list[SentCommand] = []
         self._waiting: list[Deferred[None]] = []
@@ -292,6 +293,11 @@ class FakeRedisLink:
         d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
         self._waiting.append(d)
         return d
+
+    def abort(self) -> None:
+        """Counted; the connection drops, as a real abort does."""
+        self.aborted += 1
+        self.lose_connection()
 
     # Driving it from the test
 

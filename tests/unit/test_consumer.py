@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from typing import Any
@@ -9,14 +10,29 @@ from typing import Any
 import attrs
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import Logger
+from zope.interface.verify import verifyObject
 
 from goophry_tx.config import TaskType
-from goophry_tx.consumer import RECONCILE_SCRIPT, Consumer
-from goophry_tx.failures import ErrorNotifier, OutcomeStore
+from goophry_tx.consumer import (
+    MAX_BATCH,
+    MAX_UNBLOCKS,
+    RECONCILE_SCRIPT,
+    TAKE_SCRIPT,
+    AtMostOnceTake,
+    AtomicTake,
+    Consumer,
+    ITakeStrategy,
+    State,
+    TakeFactory,
+    take_strategy,
+)
+from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
+from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import ResponseError
-from goophry_tx.stats import TypeCounters
+from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import (
     FakeRedisLink,
     MemoryProcessReactor,
@@ -53,10 +69,11 @@ class Rig:
     store: OutcomeStore
     counters: TypeCounters
     consumer: Consumer
+    take: TakeFactory
 
     def start(self) -> None:
         """Start the consumer and answer its first reconcile."""
-        self.consumer.start()
+        self.consumer.start(self.take)
         self.control.take("EVAL").answer(0)
 
     def give(self, payload: bytes | None) -> None:
@@ -85,22 +102,22 @@ def make_rig(
     store = OutcomeStore(control, keys, "i1", ttl, clock)
     runner = ScriptRunner(processes, clock, output_limit=100, kill_grace=5.0)
     notifier = ErrorNotifier(runner, error_script, queue_size=10, timeout=30.0)
-    counters = TypeCounters()
+    task_type = TaskType("t", SCRIPT, workers, timeout)
+    counters = type_counters(["t"])
+    outcomes = OutcomeRecorder(tasks=[task_type], counters=counters, store=store, notifier=notifier)
     consumer = Consumer(
-        task_type=TaskType("t", SCRIPT, workers, timeout),
+        task_type=task_type,
         keys=keys,
         instance="i1",
-        blocking=blocking,  # type: ignore[arg-type]
-        control=control,  # type: ignore[arg-type]
-        store=store,
+        blocking=blocking,
+        control=control,
+        outcomes=outcomes,
         runner=runner,
-        notifier=notifier,
-        counters=counters,
         clock=clock,
         block_timeout=10.0,
-        atomic=atomic,
     )
-    return Rig(clock, processes, blocking, control, store, counters, consumer)
+    take = AtomicTake if atomic else AtMostOnceTake
+    return Rig(clock, processes, blocking, control, store, counters["t"], consumer, take)
 
 
 @pytest.fixture
@@ -112,7 +129,7 @@ def rig() -> Rig:
 
 
 def test_start_puts_back_unknown_entries_before_taking(rig: Rig) -> None:
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     assert [p.command for p in rig.control.pending] == [reconcile()]
     assert rig.blocking.sent == []
     rig.control.take("EVAL").answer(0)
@@ -120,7 +137,7 @@ def test_start_puts_back_unknown_entries_before_taking(rig: Rig) -> None:
 
 
 def test_a_failed_reconcile_does_not_stop_the_consumer(rig: Rig) -> None:
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     rig.control.take("EVAL").refuse(ResponseError("NOSCRIPT"))
     assert [p.command for p in rig.blocking.pending] == [blmove()]
 
@@ -168,7 +185,7 @@ def test_a_nil_reply_takes_again(rig: Rig) -> None:
 
 def test_an_older_redis_uses_blpop_without_reconciling() -> None:
     rig = make_rig(atomic=False)
-    rig.consumer.start()
+    rig.consumer.start(rig.take)
     assert rig.control.pending == []
     assert [p.command for p in rig.blocking.pending] == [("BLPOP", QUEUE, 10.0)]
     rig.blocking.take("BLPOP").answer([QUEUE.encode(), entry("x")])
@@ -194,9 +211,9 @@ def test_success_removes_the_entry_from_the_inflight_list(rig: Rig) -> None:
     rig.scripts()[0].end(0)
     assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
     assert (rig.counters.succeeded, rig.counters.running, rig.counters.seconds) == (1, 0, 3.0)
-    assert rig.store.unwritten["t"] == {payload: 1}
+    assert rig.store.unwritten("t") == [payload]
     rig.control.take("LREM").answer(1)
-    assert not rig.store.unwritten["t"]
+    assert rig.store.unwritten("t") == []
 
 
 def test_failure_moves_the_entry_to_the_failed_list_with_its_ttl() -> None:
@@ -279,7 +296,7 @@ def test_an_outcome_that_finishes_while_redis_is_away_is_written_when_it_returns
     rig.control.lose_connection()
     rig.scripts()[0].end(0)
     assert rig.control.pending == []
-    assert rig.store.unwritten["t"] == {payload: 1}
+    assert rig.store.unwritten("t") == [payload]
     rig.control.reconnect()
     assert [p.command for p in rig.control.pending] == [("LREM", INFLIGHT, -1, payload)]
 
@@ -469,3 +486,205 @@ def test_the_type_timeout_applies_to_its_scripts() -> None:
         FAILED,
         b'{"Args":["slow"],"ErrorMessage":"timed out after 30s (signal: terminated)"}',
     )
+
+
+# Take strategies
+
+
+def evalsha(sha: str | bytes, wanted: int) -> tuple[Any, ...]:
+    return ("EVALSHA", sha, 2, QUEUE, INFLIGHT, wanted)
+
+
+TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+
+
+def test_the_strategies_provide_their_interface() -> None:
+    link = FakeRedisLink()
+    for strategy in (AtomicTake, AtMostOnceTake):
+        assert verifyObject(ITakeStrategy, strategy(link, QUEUE, INFLIGHT, 10.0))
+
+
+def test_the_strategy_follows_the_redis_version() -> None:
+    assert take_strategy((6, 0, 16)) is AtMostOnceTake
+    assert take_strategy((6, 2, 0)) is AtomicTake
+    assert take_strategy((7, 2, 4)) is AtomicTake
+    assert take_strategy(()) is AtomicTake
+
+
+def test_several_free_workers_take_a_batch_in_one_round_trip() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    # Nothing known of the queue yet: block for one entry.
+    rig.give(entry("a"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, 2)]
+    rig.blocking.take("EVALSHA").answer([entry("b"), entry("c")])
+    assert [s.args[1] for s in rig.scripts()] == ["a", "b", "c"]
+    assert rig.consumer.state is State.FULL
+    assert rig.blocking.pending == []
+    rig.scripts()[0].end(0)
+    # One worker free: one entry, blocking; the next freed worker waits for it.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    rig.scripts()[1].end(0)
+    assert rig.blocking.names() == ["BLMOVE"]
+    rig.give(entry("d"))
+    # "d" runs on one of the two free workers; the last one blocks for one entry.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_batch_that_finds_the_queue_empty_blocks_for_one_next() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").answer([])
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+    assert (rig.counters.started, rig.consumer.state) == (1, State.TAKING)
+
+
+def test_a_batch_is_at_most_max_batch_entries() -> None:
+    rig = make_rig(workers=MAX_BATCH + 10)
+    rig.start()
+    rig.give(entry("a"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, MAX_BATCH)]
+
+
+def test_an_invalid_entry_in_a_batch_keeps_no_worker() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").answer([b"not json", entry("b")])
+    assert (rig.counters.invalid, rig.counters.started) == (1, 2)
+    # Two of three workers busy: one more is taken, blocking.
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_forgotten_take_script_is_loaded_again() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").refuse(ResponseError("NOSCRIPT No matching script."))
+    assert [p.command for p in rig.blocking.pending] == [("SCRIPT", "LOAD", TAKE_SCRIPT)]
+    rig.blocking.take("SCRIPT").answer(b"f00d")
+    assert [p.command for p in rig.blocking.pending] == [evalsha(b"f00d", 2)]
+    rig.blocking.take("EVALSHA").answer([entry("b")])
+    assert [s.args[1] for s in rig.scripts()] == ["a", "b"]
+    # The loaded script's id is kept for the next batch.
+    rig.scripts()[0].end(0)
+    rig.scripts()[1].end(0)
+    rig.give(entry("c"))
+    assert [p.command for p in rig.blocking.pending] == [evalsha(b"f00d", 2)]
+
+
+def test_a_take_script_that_cannot_be_loaded_is_retried_after_a_pause() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    rig.blocking.take("EVALSHA").refuse(ResponseError("NOSCRIPT No matching script."))
+    rig.blocking.take("SCRIPT").refuse(ResponseError("ERR scripting disabled"))
+    assert rig.consumer.state is State.PAUSED
+    assert rig.blocking.pending == []
+    rig.clock.advance(5.0)
+    assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, 2)]
+
+
+# State and workers
+
+
+def test_the_state_says_where_the_loop_is(rig: Rig) -> None:
+    assert rig.consumer.state is State.IDLE
+    rig.consumer.start(rig.take)
+    assert rig.consumer.state is State.RECONCILING
+    rig.control.take("EVAL").answer(0)
+    assert rig.consumer.state is State.TAKING
+    rig.give(entry("a"))
+    assert rig.consumer.state is State.FULL
+    rig.consumer.stop()
+    assert rig.consumer.state is State.STOPPED
+
+
+def test_a_raise_while_recording_an_outcome_is_logged_and_frees_the_worker(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(rig.consumer, "log", Logger(observer=events.append))
+
+    def broken(task: Any) -> None:
+        raise RuntimeError("broken store")
+
+    monkeypatch.setattr(rig.store, "succeeded", broken)
+    rig.start()
+    rig.give(entry("a"))
+    rig.scripts()[0].end(0)
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)
+    assert rig.consumer.running == 0
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_stop_while_paused_cancels_the_retry(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.take("BLMOVE").refuse(ResponseError("ERR unknown command"))
+    stopped = rig.consumer.stop()
+    success_result_of(stopped)
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_a_stop_while_waiting_for_redis_forgets_the_wait(rig: Rig) -> None:
+    rig.start()
+    rig.blocking.lose_connection()
+    success_result_of(rig.consumer.stop())
+    rig.blocking.reconnect()
+    assert rig.control.pending == []
+    assert rig.consumer.state is State.STOPPED
+
+
+def test_a_take_that_will_not_end_is_aborted_after_the_last_unblock(rig: Rig) -> None:
+    rig.start()
+    stopped = rig.consumer.stop()
+    for _ in range(MAX_UNBLOCKS):
+        # Redis says the client is not blocked (yet), every time.
+        rig.control.take("CLIENT").answer(0)
+        rig.clock.advance(0.2)
+    assert rig.control.sent.count(("CLIENT", "UNBLOCK", b"42")) == MAX_UNBLOCKS
+    assert rig.blocking.aborted == 1
+    # The abort ended the take with the connection.
+    assert success_result_of(stopped) is None
+    assert rig.consumer.state is State.STOPPED
+    rig.clock.advance(10)
+    assert rig.control.pending == []
+    assert rig.blocking.aborted == 1
+
+
+def test_a_batch_taken_while_stopping_goes_back_in_order() -> None:
+    rig = make_rig(workers=3)
+    rig.start()
+    rig.give(entry("a"))
+    stopped = rig.consumer.stop()
+    rig.control.take("CLIENT").answer(0)
+    rig.blocking.take("EVALSHA").answer([entry("b"), entry("c")])
+    assert [p.command for p in rig.control.pending if p.name == "MULTI"] == [
+        ("MULTI", ("LREM", INFLIGHT, -1, entry(x)), ("LPUSH", QUEUE, entry(x))) for x in "bc"
+    ]
+    assert rig.counters.requeued == 0
+    assert [s.args[1] for s in rig.scripts()] == ["a"]
+    rig.scripts()[0].end(0)
+    success_result_of(stopped)
+
+
+def test_a_raise_while_starting_a_taken_entry_is_logged_and_taking_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(rig.consumer, "log", Logger(observer=events.append))
+    rig.start()
+    with monkeypatch.context() as patch:
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("broken runner")
+
+        patch.setattr(rig.consumer._runner, "run", broken)
+        rig.give(entry("a"))
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)
+    assert rig.consumer.state is State.PAUSED
+    rig.clock.advance(5.0)
+    assert [p.command for p in rig.blocking.pending] == [blmove()]

@@ -15,6 +15,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from goophry_tx.config import Config, TaskType
+from goophry_tx.consumer import AtMostOnceTake, AtomicTake
 from goophry_tx.recovery import BEAT_SCRIPT, LEAVE_SCRIPT, RECOVER_SCRIPT
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.service import GoophryService, Phase, parse_redis_version
@@ -33,26 +34,25 @@ def test_the_version_is_read_from_info_server() -> None:
     assert parse_redis_version(b"nothing here") == ()
 
 
-def _check(info: bytes) -> tuple[list[SimpleNamespace], list[dict[str, object]]]:
+def _check(info: bytes) -> tuple[SimpleNamespace, list[dict[str, object]]]:
     events: list[dict[str, object]] = []
-    consumers = [SimpleNamespace(atomic=True), SimpleNamespace(atomic=True)]
-    fake = SimpleNamespace(consumers=consumers, log=Logger(observer=events.append))
+    fake = SimpleNamespace(take=None, log=Logger(observer=events.append))
     GoophryService._check_version(fake, info)  # type: ignore[arg-type]
-    return consumers, events
+    return fake, events
 
 
 def test_redis_older_than_6_2_falls_back_to_blpop_and_says_so() -> None:
-    consumers, events = _check(b"redis_version:6.0.16\r\n")
-    assert [c.atomic for c in consumers] == [False, False]
+    service, events = _check(b"redis_version:6.0.16\r\n")
+    assert service.take is AtMostOnceTake
     assert [e["log_level"] for e in events] == [LogLevel.warn]
     assert "BLPOP" in str(events[0]["log_format"])
     assert events[0]["version"] == "6.0.16"
 
 
 def test_redis_6_2_and_newer_keeps_blmove() -> None:
-    for version in (b"6.2.0", b"7.0.15"):
-        consumers, events = _check(b"redis_version:" + version + b"\r\n")
-        assert [c.atomic for c in consumers] == [True, True]
+    for info in (b"redis_version:6.2.0\r\n", b"redis_version:7.0.15\r\n", b"no version\r\n"):
+        service, events = _check(info)
+        assert service.take is AtomicTake
         assert events == []
 
 

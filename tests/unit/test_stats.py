@@ -18,14 +18,9 @@ from twisted.logger import capturedLogs
 
 from goophry_tx import __version__
 from goophry_tx.keys import Keys
+from goophry_tx.outcomes import failure_reason, type_counters
 from goophry_tx.redis import ConnectionError, ResponseError
-from goophry_tx.stats import (
-    QueueFigures,
-    Stats,
-    StatsResource,
-    failure_reason,
-    queue_figures,
-)
+from goophry_tx.stats import QueueFigures, Stats, StatsResource, queue_figures
 from goophry_tx.task import InvalidEntry, Outcome
 from tests.unit.fakes import FakeRedisLink, failure_result_of, success_result_of
 
@@ -39,7 +34,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def stats(clock: Clock) -> Stats:
-    return Stats(clock, ["mail", 'odd "type"'])
+    return Stats(clock, type_counters(["mail", 'odd "type"']))
 
 
 def client(stats: Stats, pattern: str = "/stats/", metrics: str = "/metrics") -> StubTreq:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 
-from goophry_tx.failures import REMOVE_SCRIPT, OutcomeStore
 from goophry_tx.keys import Keys
 from goophry_tx.redis import ResponseError
+from goophry_tx.store import REMOVE_SCRIPT, OutcomeStore
 from goophry_tx.task import Task
 from tests.unit.fakes import FakeRedisLink, assert_no_result, success_result_of
 
@@ -16,7 +17,7 @@ INFLIGHT = "k:t:inflight:me"
 
 
 def make_store(link: FakeRedisLink, clock: Clock, ttl: int = 60) -> OutcomeStore:
-    return OutcomeStore(link, Keys("k"), "me", ttl, clock)  # type: ignore[arg-type]
+    return OutcomeStore(link, Keys("k"), "me", ttl, clock)
 
 
 def task(name: str) -> Task:
@@ -38,14 +39,14 @@ def test_successes_while_a_removal_is_on_its_way_go_together() -> None:
     store.succeeded(task("c"))
     # Only the first is sent; the others wait for it.
     assert link.names() == ["LREM"]
-    assert dict(store.unwritten["t"]) == {t.payload: 1 for t in (task("a"), task("b"), task("c"))}
+    assert store.unwritten("t") == [t.payload for t in (task("a"), task("b"), task("c"))]
     link.take("LREM").answer(1)
     assert [p.command for p in link.pending] == [
         ("EVAL", REMOVE_SCRIPT, 1, INFLIGHT, task("b").payload, task("c").payload)
     ]
     link.take("EVAL").answer(2)
     assert link.pending == []
-    assert dict(store.unwritten["t"]) == {}
+    assert store.unwritten("t") == []
 
 
 def test_flush_waits_for_the_batch_that_a_finished_write_starts() -> None:
@@ -89,3 +90,19 @@ def test_a_loading_redis_is_waited_for() -> None:
     assert link.pending == []
     clock.advance(1)
     assert link.names() == ["MULTI"]
+
+
+def test_a_refused_write_is_logged_in_full_and_not_sent_again() -> None:
+    link, clock = FakeRedisLink(), Clock()
+    store = make_store(link, clock)
+    events: list[dict[str, Any]] = []
+    store.log = Logger(observer=events.append)
+    done = store.failed(task("a"), "exit status 1")
+    link.take("MULTI").refuse(ResponseError("WRONGTYPE Operation against a key"))
+    success_result_of(done)
+    [event] = [e for e in events if e["log_level"] is LogLevel.error]
+    assert "WRONGTYPE" in event["error"]
+    assert '"ErrorMessage":"exit status 1"' in event["record"]
+    clock.advance(60)
+    assert link.pending == []
+    assert store.unwritten("t") == []

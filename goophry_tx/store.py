@@ -1,8 +1,8 @@
 """
-Recording outcomes in Redis, and telling ErrorScript about failures.
+Writing what became of each entry to Redis.
 
 An entry stays in its instance's in-flight list until its outcome is
-recorded: a success removes it, a failure moves it to the failed list (with
+written: a success removes it, a failure moves it to the failed list (with
 the list's EXPIRE, in one MULTI/EXEC), a shutdown puts it back at the head
 of its queue.  A write that meets a lost connection waits for Redis and is
 sent again, so outcomes that finish during an outage are written when
@@ -12,7 +12,7 @@ Redis returns.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -21,9 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
-from goophry_tx.process.runner import ScriptRunner
-from goophry_tx.redis import Command, ConnectionError, RedisLink, is_transient
-from goophry_tx.task import InvalidEntry, Outcome, Task, error_script_message, failed_entry
+from goophry_tx.redis import Command, IRedisLink, Retry
+from goophry_tx.task import InvalidEntry, Task, failed_entry
 
 # Removes each finished entry (ARGV) once from the in-flight list (KEYS[1]).
 REMOVE_SCRIPT = """
@@ -33,13 +32,16 @@ return #ARGV
 
 
 class OutcomeStore:
-    """Writes what became of each entry taken from a queue."""
+    """
+    Writes outcomes to Redis, and keeps those not written yet: their
+    entries are still in the in-flight list, and known to be this process's.
+    """
 
     log = Logger()
 
     def __init__(
         self,
-        link: RedisLink,
+        link: IRedisLink,
         keys: Keys,
         instance: str,
         failed_ttl: int,
@@ -51,18 +53,21 @@ class OutcomeStore:
         self._instance = instance
         self._failed_ttl = failed_ttl
         self._clock = clock
-        self._retry_delay = retry_delay
+        self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
         self._finished: dict[str, list[bytes]] = {}
         self._removing: set[str] = set()
-        #: Payloads taken from each type's queue whose outcome is not written yet.
-        self.unwritten: dict[str, collections.Counter[bytes]] = collections.defaultdict(
+        self._unwritten: dict[str, collections.Counter[bytes]] = collections.defaultdict(
             collections.Counter
         )
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def unwritten(self, task_type: str) -> list[bytes]:
+        """The payloads of C{task_type} whose outcome is not written yet, once per entry."""
+        return list(self._unwritten[task_type].elements())
 
     def _inflight(self, task_type: str) -> str:
         return self._keys.inflight(task_type, self._instance)
@@ -72,7 +77,7 @@ class OutcomeStore:
         Forget a finished entry.  While a removal of this type is on its
         way, the next ones wait and go together, in one script.
         """
-        self.unwritten[task.type][task.payload] += 1
+        self._unwritten[task.type][task.payload] += 1
         waiting = self._finished.setdefault(task.type, [])
         waiting.append(task.payload)
         if task.type not in self._removing:
@@ -85,7 +90,7 @@ class OutcomeStore:
         done: Deferred[None] = Deferred()
         self._pending.add(done)
 
-        def attempt(_: object = None) -> None:
+        def attempt() -> None:
             if len(payloads) == 1:
                 d: Deferred[Any] = self._link.execute("LREM", inflight, -1, payloads[0])
             else:
@@ -94,7 +99,7 @@ class OutcomeStore:
 
         def written(_: object) -> None:
             self._pending.discard(done)
-            unwritten = self.unwritten[task_type]
+            unwritten = self._unwritten[task_type]
             for payload in payloads:
                 unwritten[payload] -= 1
                 if unwritten[payload] <= 0:
@@ -105,20 +110,17 @@ class OutcomeStore:
             done.callback(None)
 
         def retry(failure: Failure) -> None:
-            if failure.check(ConnectionError):
-                self._link.when_connected().addCallback(attempt)
-            elif is_transient(failure):
-                self._clock.callLater(self._retry_delay, attempt)
-            else:
-                self.log.error(
-                    "cannot remove finished {type} entries from {key}: {error}; they stay "
-                    "there, to run again when this instance is gone: {payloads!r}",
-                    type=task_type,
-                    key=inflight,
-                    error=failure.getErrorMessage(),
-                    payloads=payloads,
-                )
-                written(None)
+            if self._retry.later(failure, self._link, attempt):
+                return
+            self.log.error(
+                "cannot remove finished {type} entries from {key}: {error}; they stay "
+                "there, to run again when this instance is gone: {payloads!r}",
+                type=task_type,
+                key=inflight,
+                error=failure.getErrorMessage(),
+                payloads=payloads,
+            )
+            written(None)
 
         attempt()
 
@@ -138,7 +140,7 @@ class OutcomeStore:
                 type=task.type,
                 entry=record.decode("utf-8"),
             )
-        return self._write(task.type, task.payload, commands, True, record)
+        return self._write(task.type, task.payload, commands, record)
 
     def requeue(self, task_type: str, payload: bytes) -> Deferred[None]:
         """Put an entry taken but not finished back at the head of its queue."""
@@ -149,7 +151,6 @@ class OutcomeStore:
                 ("LREM", self._inflight(task_type), -1, payload),
                 ("LPUSH", self._keys.queue(task_type), payload),
             ],
-            True,
         )
 
     def _write(
@@ -157,16 +158,16 @@ class OutcomeStore:
         task_type: str,
         payload: bytes,
         commands: Sequence[Command],
-        atomic: bool,
         record: bytes | None = None,
     ) -> Deferred[None]:
-        unwritten = self.unwritten[task_type]
+        """Run C{commands} (one, or several in one MULTI/EXEC) until Redis has them."""
+        unwritten = self._unwritten[task_type]
         unwritten[payload] += 1
         done: Deferred[None] = Deferred()
         self._pending.add(done)
 
-        def attempt(_: object = None) -> None:
-            if atomic and len(commands) > 1:
+        def attempt() -> None:
+            if len(commands) > 1:
                 d: Deferred[Any] = self._link.transaction(commands)
             else:
                 d = self._link.execute(*commands[0])
@@ -177,12 +178,7 @@ class OutcomeStore:
             done.callback(None)
 
         def retry(failure: Failure) -> None:
-            if failure.check(ConnectionError):
-                self._link.when_connected().addCallback(attempt)
-                return
-            if is_transient(failure):
-                # Redis is loading its data, busy with a script, ...
-                self._clock.callLater(self._retry_delay, attempt)
+            if self._retry.later(failure, self._link, attempt):
                 return
             # Redis refused (say, WRONGTYPE): retrying will not help.  The
             # outcome may be half written, so it is logged in full here.
@@ -202,7 +198,7 @@ class OutcomeStore:
 
     def _forget(self, task_type: str, payload: bytes, done: Deferred[None]) -> None:
         self._pending.discard(done)
-        unwritten = self.unwritten[task_type]
+        unwritten = self._unwritten[task_type]
         unwritten[payload] -= 1
         if unwritten[payload] <= 0:
             del unwritten[payload]
@@ -235,106 +231,4 @@ class OutcomeStore:
             result.callback(0)
 
         check()
-        return result
-
-
-class ErrorNotifier:
-    """
-    Runs ErrorScript for each failure, one at a time, beside the workers.
-
-    The queue is bounded: a message that does not fit is logged in full
-    instead, never dropped silently.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        runner: ScriptRunner,
-        script: str | None,
-        queue_size: int = 1000,
-        timeout: float = 30.0,
-        on_done: Callable[[Outcome], None] | None = None,
-    ) -> None:
-        self._runner = runner
-        self._script = script
-        self._queue: collections.deque[str] = collections.deque()
-        self._queue_size = queue_size
-        self._timeout = timeout
-        self._busy = False
-        self._idle: list[Deferred[None]] = []
-        self._on_done = on_done
-        self.dropped = 0
-
-    def notify(self, script: str, args: tuple[str, ...], error: str) -> None:
-        """Tell ErrorScript that a task of C{script} failed with C{error}."""
-        if self._script is None:
-            return
-        message = error_script_message(script, args, error)
-        if len(self._queue) >= self._queue_size:
-            self.dropped += 1
-            self.log.error(
-                "ErrorScript queue full ({size}); not told: {message}",
-                size=self._queue_size,
-                message=message,
-            )
-            return
-        self._queue.append(message)
-        if not self._busy:
-            self._next()
-
-    def _next(self) -> None:
-        if not self._queue or self._script is None:
-            self._busy = False
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
-            return
-        self._busy = True
-        message = self._queue.popleft()
-        run = self._runner.run(self._script, (message,), self._timeout)
-        run.done.addCallback(self._finished, message)
-
-    def _finished(self, outcome: Outcome, message: str) -> None:
-        if not outcome.succeeded:
-            self.log.error(
-                "ErrorScript {script} failed: {error} (it was told: {message})",
-                script=self._script,
-                error=outcome.error_message(),
-                message=message,
-            )
-        if self._on_done is not None:
-            self._on_done(outcome)
-        self._next()
-
-    def when_idle(self) -> Deferred[None]:
-        """Fires when every queued message has been handed to ErrorScript."""
-        if not self._busy:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-    def flush(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
-        """
-        Wait at most C{timeout} seconds for ErrorScript to be told of every
-        queued failure; what is left then is logged in full.
-        """
-        result: Deferred[None] = Deferred()
-
-        def done(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-            if not result.called:
-                result.callback(None)
-
-        def expire() -> None:
-            left, self._queue = list(self._queue), collections.deque()
-            for message in left:
-                self.log.error("stopping before ErrorScript was told: {message}", message=message)
-            if not result.called:
-                result.callback(None)
-
-        timer = clock.callLater(timeout, expire)
-        self.when_idle().addCallback(done)
         return result

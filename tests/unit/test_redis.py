@@ -1,0 +1,168 @@
+"""goophry_tx.redis: the link interface, the retry policy, and what it takes from txredisapi."""
+
+from __future__ import annotations
+
+import pytest
+import txredisapi
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from goophry_tx.redis import (
+    ConnectionError,
+    IRedisLink,
+    RedisHealth,
+    RedisLink,
+    ResponseError,
+    Retry,
+    _Protocol,
+    encode_command,
+)
+from tests.unit.fakes import FakeRedisLink, failure_result_of, success_result_of
+
+# The link and its fake
+
+
+def test_the_link_and_its_fake_provide_the_interface() -> None:
+    reactor = MemoryReactorClock()
+    link = RedisLink(
+        reactor,
+        TCP4ClientEndpoint(reactor, "127.0.0.1", 6379),
+        RedisHealth(reactor, "127.0.0.1:6379"),
+        name="control",
+    )
+    assert verifyObject(IRedisLink, link)
+    assert verifyObject(IRedisLink, FakeRedisLink())
+
+
+def test_a_link_that_is_down_fails_commands_with_connection_error() -> None:
+    reactor = MemoryReactorClock()
+    link = RedisLink(
+        reactor,
+        TCP4ClientEndpoint(reactor, "127.0.0.1", 6379),
+        RedisHealth(reactor, "127.0.0.1:6379"),
+        name="control",
+    )
+    assert not link.connected
+    failure_result_of(link.execute("PING"), ConnectionError)
+    failure_result_of(link.transaction([("PING",)]), ConnectionError)
+
+
+# txredisapi's internals, which _Protocol alone reaches into
+
+
+def _protocol() -> tuple[_Protocol, StringTransport]:
+    """A connected protocol; it has no link, as no test here loses the connection."""
+    protocol = _Protocol(charset=None, convertNumbers=False)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_txredisapi_still_has_the_internals_this_package_uses() -> None:
+    """
+    If this fails, a txredisapi release changed what C{_Protocol.send} and
+    C{_Protocol.send_transaction} rely on: rewrite those two, nothing else.
+    """
+    protocol = _Protocol(charset=None, convertNumbers=False)
+    missing = [
+        name
+        for name, holder in (
+            ("replyQueue.waiting", getattr(protocol, "replyQueue", None)),
+            ("pipelining", protocol),
+            ("pipelined_commands", protocol),
+            ("pipelined_replies", protocol),
+        )
+        if holder is None or not hasattr(holder, name.split(".")[-1])
+    ]
+    assert not missing, (
+        f"txredisapi {getattr(txredisapi, '__version__', '?')} no longer has {missing}: "
+        "goophry_tx.redis._Protocol must be rewritten for it"
+    )
+    assert isinstance(protocol.replyQueue.waiting, list)
+
+
+def test_send_writes_the_command_and_fires_with_its_reply() -> None:
+    protocol, transport = _protocol()
+    d = protocol.send(encode_command(("BLMOVE", "q", "i", "LEFT", "RIGHT", 0.5)))
+    assert transport.value() == (
+        b"*6\r\n$6\r\nBLMOVE\r\n$1\r\nq\r\n$1\r\ni\r\n$4\r\nLEFT\r\n$5\r\nRIGHT\r\n$3\r\n0.5\r\n"
+    )
+    protocol.dataReceived(b"$5\r\nentry\r\n")
+    assert success_result_of(d) == b"entry"
+
+
+def test_send_fails_with_an_error_reply() -> None:
+    protocol, _ = _protocol()
+    d = protocol.send(encode_command(("GET", "k")))
+    protocol.dataReceived(b"-WRONGTYPE not a string\r\n")
+    assert "WRONGTYPE" in failure_result_of(d, ResponseError).getErrorMessage()
+
+
+def test_a_transaction_is_one_write_and_fires_with_the_replies() -> None:
+    protocol, transport = _protocol()
+    d = protocol.send_transaction([("RPUSH", "f", b"x"), ("EXPIRE", "f", 60)])
+    assert transport.value() == b"".join(
+        encode_command(c)
+        for c in (("MULTI",), ("RPUSH", "f", b"x"), ("EXPIRE", "f", 60), ("EXEC",))
+    )
+    assert protocol.pipelining is False
+    assert protocol.pipelined_commands == []
+    protocol.dataReceived(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n")
+    assert success_result_of(d) == [1, 1]
+
+
+def test_a_transaction_fails_with_the_error_exec_reports() -> None:
+    protocol, _ = _protocol()
+    d = protocol.send_transaction([("LPUSH", "k", b"x")])
+    protocol.dataReceived(b"+OK\r\n+QUEUED\r\n*1\r\n-WRONGTYPE not a list\r\n")
+    assert "WRONGTYPE" in failure_result_of(d, ResponseError).getErrorMessage()
+
+
+# The retry policy
+
+
+def test_a_lost_connection_waits_for_the_link() -> None:
+    clock, link = Clock(), FakeRedisLink(connected=False)
+    retry = Retry(clock)
+    calls: list[str] = []
+    assert retry.later(Failure(ConnectionError("lost")), link, lambda: calls.append("again"))
+    clock.advance(60)
+    assert calls == []
+    link.reconnect()
+    assert calls == ["again"]
+
+
+@pytest.mark.parametrize("error", ["LOADING Redis is loading", "BUSY running a script"])
+def test_a_transient_error_tries_again_shortly(error: str) -> None:
+    clock, link = Clock(), FakeRedisLink()
+    retry = Retry(clock, delay=0.5)
+    calls: list[str] = []
+    assert retry.later(Failure(ResponseError(error)), link, lambda: calls.append("again"))
+    clock.advance(0.4)
+    assert calls == []
+    clock.advance(0.1)
+    assert calls == ["again"]
+
+
+def test_any_other_error_is_left_to_the_caller() -> None:
+    clock, link = Clock(), FakeRedisLink()
+    retry = Retry(clock)
+    assert not retry.later(Failure(ResponseError("WRONGTYPE")), link, lambda: None)
+    assert not retry.later(Failure(ValueError("bug")), link, lambda: None)
+    assert clock.getDelayedCalls() == []
+
+
+def test_cancel_forgets_every_retry_to_come() -> None:
+    clock, link = Clock(), FakeRedisLink(connected=False)
+    retry = Retry(clock)
+    calls: list[str] = []
+    retry.later(Failure(ConnectionError("lost")), link, lambda: calls.append("waited"))
+    retry.later(Failure(ResponseError("LOADING")), link, lambda: calls.append("timed"))
+    retry.cancel()
+    assert clock.getDelayedCalls() == []
+    link.reconnect()
+    clock.advance(10)
+    assert calls == []
