@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Rig, session_pids
-from tests.helpers import DaemonProcess, wait_for
+from tests.faults.conftest import Rig
+from tests.helpers import DaemonProcess, session_pids, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,8 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import Rig, kill_quietly, process_gone, rss_kib
-from tests.helpers import DaemonProcess, wait_for
+from tests.faults.conftest import Rig
+from tests.helpers import (
+    DaemonProcess,
+    kill_quietly,
+    proc_status_kib,
+    process_gone,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,21 +86,21 @@ def test_200_mb_of_output_does_not_grow_the_daemon_and_is_truncated(
     wait_for(
         lambda: rig.all_done(["small"]) and not rig.inflight_keys(), 10, message=daemon.log_text
     )
-    baseline = rss_kib(daemon.pid)
-    peak_before = rss_kib(daemon.pid, "VmHWM")
+    baseline = proc_status_kib(daemon.pid)
+    peak_before = proc_status_kib(daemon.pid, "VmHWM")
 
     rig.push("work", "flood")
     peak = baseline
 
     def failed() -> object:
         nonlocal peak
-        peak = max(peak, rss_kib(daemon.pid))
+        peak = max(peak, proc_status_kib(daemon.pid))
         return rig.failed("work")
 
     wait_for(failed, 60, interval=0.01, message=daemon.log_text)
     assert peak - baseline <= 15 * MiB, (baseline, peak)
     # VmHWM catches a spike between two samples.
-    assert rss_kib(daemon.pid, "VmHWM") <= max(peak_before, baseline + 15 * MiB)
+    assert proc_status_kib(daemon.pid, "VmHWM") <= max(peak_before, baseline + 15 * MiB)
     [entry] = rig.failed("work")
     assert entry["Args"] == ["flood"]
     message = entry["ErrorMessage"]
