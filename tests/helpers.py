@@ -469,7 +469,7 @@ class Harness:
         """Every in-flight list under the prefix, sorted."""
         keys = self.redis.cli("KEYS", self.keys.inflight("*", "*"))
         assert isinstance(keys, list)
-        return sorted(keys)  # type: ignore[type-var]
+        return sorted(keys)  # type: ignore[arg-type]
 
     def instances(self) -> list[bytes]:
         """The names of the registered daemon instances."""
