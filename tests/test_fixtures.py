@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -96,7 +97,11 @@ def test_wait_for_is_bounded() -> None:
 
 
 def test_free_port_is_bindable() -> None:
-    assert 1024 <= free_port() < 65536
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        assert s.getsockname() == ("127.0.0.1", port)
 
 
 def test_write_config(

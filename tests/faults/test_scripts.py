@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -56,13 +55,12 @@ def test_a_backgrounded_child_holding_stdout_does_not_hold_the_worker_slot(
     cfg = rig.config([{"Type": "work", "Script": str(script), "Workers": 1}])
     daemon = start_daemon(cfg)
     rig.wait_consuming()
-    pushed = time.monotonic()
     rig.push_each("work", ["bg", "next"])
     wait_for(bg.exists, 10, message=daemon.log_text)
     pid = int(wait_for(lambda: bg.read_text().strip(), 5))
     try:
         wait_for(lambda: rig.all_done(["bg", "next"]), 10, message=daemon.log_text)
-        assert time.monotonic() - pushed < 10
+        # The event that proves it: "next" ran while the child still held the pipe.
         assert not process_gone(pid), "the child still holds the pipe: the slot was freed anyway"
         wait_for(lambda: not rig.inflight_keys(), 5, message=daemon.log_text)
         assert rig.failed("work") == []

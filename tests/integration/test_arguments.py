@@ -78,4 +78,6 @@ def test_arguments_reach_the_script_verbatim(
     assert _read_argv(out) == args
     # Nothing was run by a shell: no file named after a redirection appeared.
     assert not (daemon.cwd / "redirected").exists()
-    assert goophry.llen(goophry.failed_key("rec")) == 0
+    # The outcome is written after the script has left its file: wait for it.
+    goophry.wait_settled(message=daemon.log_text)
+    assert goophry.failed("rec") == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, TWISTD, DaemonProcess, wait_for
+from tests.helpers import REPO_ROOT, TWISTD, DaemonProcess, kill_quietly, wait_for
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
@@ -192,7 +192,15 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
     """twistd without -n forks into the background after the service is made."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    script = goophry.script("t.sh", f'touch {marks}/"$1".start; sleep 1; touch {marks}/"$1".end')
+    release = tmp_path / "release"
+    # Each run holds its worker until the test releases it (bounded, for an
+    # orphan): four starts before the release can only be four at once.
+    script = goophry.script(
+        "t.sh",
+        f'touch {marks}/"$1".start\n'
+        f"i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
+        f'touch {marks}/"$1".end',
+    )
     cfg = write_config(Tasks=[{"Type": "t", "Script": str(script), "Workers": 4}])
     pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -207,25 +215,23 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
         # All four start together: the spawning threads exist after the fork.
         wait_for(
             lambda: len(list(marks.glob("*.start"))) == 4,
-            timeout=5,
-            message=lambda: logfile.read_text(),
+            timeout=15,
+            message=lambda: f"four runs at once:\n{logfile.read_text()}",
         )
-        assert not list(marks.glob("*.end")), "the four ran one after another"
-        record = json.loads(goophry.redis.cli("HGET", f"{goophry.key}:instances", _only(goophry)))
+        record = json.loads(goophry.redis.cli("HGET", goophry.keys.instances, _only(goophry)))
         assert record["pid"] == pid, "the instance is registered with the daemon's own pid"
         os.kill(pid, signal.SIGTERM)
+        wait_for(
+            lambda: "stopping: no more entries taken" in logfile.read_text(),
+            message=lambda: logfile.read_text(),
+        )
+        release.touch()
         wait_for(lambda: not pidfile.exists(), timeout=15, message=lambda: logfile.read_text())
-        assert len(list(marks.glob("*.end"))) == 4
+        assert len(list(marks.glob("*.end"))) == 4, "the stop waited for every run"
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(pid)
 
 
 def _only(goophry: Goophry) -> str:
-    names = goophry.redis.cli("HKEYS", f"{goophry.key}:instances")
-    assert isinstance(names, list) and len(names) == 1, names
-    name = names[0]
-    assert isinstance(name, bytes)
+    [name] = goophry.instances()
     return name.decode()
