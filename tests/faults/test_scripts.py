@@ -12,6 +12,7 @@ from tests.helpers import (
     kill_quietly,
     proc_status_kib,
     process_gone,
+    task_payload,
     wait_for,
 )
 
@@ -21,14 +22,15 @@ StartDaemon = Callable[..., DaemonProcess]
 MiB = 1024  # in KiB, the unit of /proc/<pid>/status
 
 
-def test_a_timeout_kills_the_script_and_the_child_it_started(
-    rig: Rig, start_daemon: StartDaemon
-) -> None:
+def test_a_timeout_kills_the_script_and_the_child_it_started(rig: Rig) -> None:
     grandchild = rig.marks / "gc.pid"
-    script = rig.script("spawner.sh", f"sleep 100 &\necho $! > {grandchild}\nwait\n")
-    cfg = rig.config([{"Type": "work", "Script": str(script), "Timeout": 1}], KillGrace=2)
-    daemon = start_daemon(cfg)
-    rig.push("work", "e0")
+    daemon = rig.launch(
+        f"sleep 100 &\necho $! > {grandchild}\nwait\n",
+        task_payload("e0"),
+        task_type="work",
+        task={"Timeout": 1},
+        KillGrace=2,
+    ).daemon
     wait_for(grandchild.exists, 10, message=daemon.log_text)
     pid = int(wait_for(lambda: grandchild.read_text().strip(), 5))
     try:

@@ -13,7 +13,7 @@ import trustme
 
 from goophry_tx import __version__
 from tests.conftest import TLSFiles
-from tests.helpers import DaemonProcess, free_port
+from tests.helpers import DaemonProcess, free_port, task_payload
 from tests.integration.conftest import Goophry, http_get, stats_when
 
 pytestmark = pytest.mark.integration
@@ -74,21 +74,14 @@ def test_stats_json_counts_what_happened(
     assert reply.content_type.split(";")[0] == "application/json"
 
 
-def test_stats_shows_a_running_task(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    stats_address: str,
-) -> None:
+def test_stats_shows_a_running_task(goophry: Goophry, tmp_path: Path, stats_address: str) -> None:
     release = tmp_path / "release"
-    script = goophry.script(
-        "wait.sh",
+    goophry.launch(
         f"i=0\nwhile [ ! -e {release} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+        task_payload("x"),
+        task_type="w",
+        StatsInterface=stats_address,
     )
-    cfg = write_config(Tasks=[{"Type": "w", "Script": str(script)}], StatsInterface=stats_address)
-    goophry.started(run_daemon(cfg))
-    goophry.push_args("w", "x")
     stats = stats_when(stats_address, lambda s: s["Running"]["w"] == 1)
     assert stats["TaskCount"] == {"w": 1}
     release.touch()
