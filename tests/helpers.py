@@ -23,7 +23,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -827,8 +827,3 @@ def outcomes(address: str) -> int | None:
     if stats is None:
         return None
     return sum(stats_total(stats, field) for field in ("Succeeded", "Failed", "Invalid"))
-
-
-def records(path: Path) -> Iterable[str]:
-    """The non-empty lines a script appended to C{path} (none if it is absent)."""
-    return [line for line in path.read_text().splitlines() if line] if path.exists() else []
