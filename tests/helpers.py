@@ -370,6 +370,16 @@ def write_script(directory: Path, name: str, body: str) -> Path:
     return path
 
 
+def shell_wait_for(path: Path, seconds: int = 30) -> str:
+    """
+    A shell line that waits until C{path} exists: a script that holds its
+    worker until the test releases it, rather than for a time that a loaded
+    machine may outlast.  Bounded, so that an orphan ends by itself.
+    """
+    polls = seconds * 20
+    return f"i=0; while [ ! -e {path} ] && [ $i -lt {polls} ]; do sleep 0.05; i=$((i+1)); done"
+
+
 def write_config(
     directory: Path, *, filename: str = "goophry.config.json", **settings: Any
 ) -> Path:

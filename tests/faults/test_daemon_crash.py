@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import Rig
-from tests.helpers import DaemonProcess, session_pids, wait_for
+from tests.helpers import DaemonProcess, session_pids, shell_wait_for, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -203,7 +203,9 @@ def test_a_frozen_instance_is_recovered_and_works_on_when_it_thaws(
     """SIGSTOP (a VM pause, a stuck host): alive but silent, then back."""
     instance_timeout = 2
     runs = rig.marks / "runs"
-    script = rig.recorder(seconds=1.5, extra=f'echo "$1 $PPID" >> {runs}')
+    release = rig.marks / "release"
+    # A run holds its worker until released: a's run still goes on when a is frozen.
+    script = rig.recorder(seconds=0, extra=f'echo "$1 $PPID" >> {runs}\n{shell_wait_for(release)}')
     cfg = rig.config(
         [{"Type": "work", "Script": str(script), "Workers": 1}], InstanceTimeout=instance_timeout
     )
@@ -223,6 +225,7 @@ def test_a_frozen_instance_is_recovered_and_works_on_when_it_thaws(
         )
         wait_for(lambda: f"e0 {b.pid}" in rig.lines(runs), 5, message=b.log_text)
     finally:
+        release.touch()
         a.signal(signal.SIGCONT)
 
     wait_for(lambda: rig.done()["e0"] == 2, 10, message=a.log_text)

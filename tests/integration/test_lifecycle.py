@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, TWISTD, kill_quietly, task_payload, wait_for
+from tests.helpers import REPO_ROOT, TWISTD, kill_quietly, shell_wait_for, task_payload, wait_for
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
@@ -163,9 +163,7 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
     # orphan): four starts before the release can only be four at once.
     script = goophry.script(
         "t.sh",
-        f'touch {marks}/"$1".start\n'
-        f"i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n"
-        f'touch {marks}/"$1".end',
+        f'touch {marks}/"$1".start\n{shell_wait_for(release)}\ntouch {marks}/"$1".end',
     )
     cfg = write_config(Tasks=[{"Type": "t", "Script": str(script), "Workers": 4}])
     pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
