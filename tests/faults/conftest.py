@@ -66,7 +66,7 @@ class Rig(Harness):
         return [
             entry
             for key in self.inflight_keys()
-            if key.startswith(f"{self.queue(task_type)}:inflight:".encode())
+            if key.startswith(self.keys.inflight(task_type, "").encode())
             and f":{daemon.pid}:".encode() in key
             for entry in self.lrange(key)
         ]

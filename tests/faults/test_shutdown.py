@@ -18,7 +18,7 @@ STOPPING = "stopping: no more entries taken"
 
 def _assert_nothing_in_flight(rig: Rig) -> None:
     assert rig.inflight_keys() == []
-    assert rig.redis.cli("HLEN", f"{rig.key}:instances") == 0
+    assert rig.instances() == []
 
 
 def test_sigterm_lets_running_scripts_finish_and_leaves_the_queue_alone(
