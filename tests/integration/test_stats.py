@@ -217,8 +217,24 @@ def test_stats_over_https_with_a_chain(
         http_get(stats_address, "/").json()
 
 
-def _refused(daemon: DaemonProcess, setting: str) -> str:
-    """The daemon exits non-zero at start, naming the setting; its log."""
+def _refused(
+    goophry: Goophry,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+    setting: str,
+    cert: Path,
+    key: Path,
+) -> str:
+    """Start with these certificate files: the daemon exits non-zero naming C{setting}; its log."""
+    cfg = _stats_config(
+        goophry,
+        write_config,
+        f"127.0.0.1:{free_port()}",
+        StatsTLSCertFile=str(cert),
+        StatsTLSKeyFile=str(key),
+    )
+    daemon = run_daemon(cfg, how=how)
     code = daemon.wait(15)
     log = daemon.log_text()
     assert code != 0, log
@@ -238,14 +254,7 @@ def test_a_key_that_does_not_match_the_certificate_stops_the_start(
 ) -> None:
     other = tmp_path / "other.key"
     tls_ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(tls_files.cert),
-        StatsTLSKeyFile=str(other),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSKeyFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSKeyFile", tls_files.cert, other)
     assert "does not match" in log
 
 
@@ -265,24 +274,11 @@ def test_an_unreadable_certificate_stops_the_start(
         cert.write_text("this is not a certificate\n")
     elif problem == "directory":
         cert.mkdir()
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(cert),
-        StatsTLSKeyFile=str(tls_files.key),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSCertFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSCertFile", cert, tls_files.key)
     assert str(cert) in log
 
 
-@pytest.mark.parametrize(
-    "how",
-    [
-        "twistd",
-        "tac",
-    ],
-)
+@pytest.mark.parametrize("how", ["twistd", "tac"])
 def test_twistd_refuses_a_bad_certificate_without_a_traceback(
     goophry: Goophry,
     tmp_path: Path,
@@ -293,12 +289,5 @@ def test_twistd_refuses_a_bad_certificate_without_a_traceback(
 ) -> None:
     cert = tmp_path / "bad.crt"
     cert.write_text("this is not a certificate\n")
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(cert),
-        StatsTLSKeyFile=str(tls_files.key),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSCertFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSCertFile", cert, tls_files.key)
     assert "Traceback" not in log
