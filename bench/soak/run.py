@@ -259,12 +259,15 @@ class Soak:
                     self.say(f"kill -9 redis-server; back in {pause:.2f}s")
                     pending.append((now + pause, "redis-start"))
                 elif what == "daemon-start":
-                    self.daemon.start()
+                    # Two kills in one pause make two starts: the second finds it up.
+                    if not self.daemon.running():
+                        self.daemon.start()
+                        self.say(f"daemon started again (pid {self.daemon.pid})")
                     daemon_down = False
-                    self.say(f"daemon started again (pid {self.daemon.pid})")
                 elif what == "redis-start":
-                    self.redis.start(timeout=30.0)
-                    self.say("redis-server started again (AOF reloaded)")
+                    if not self.redis.running():
+                        self.redis.start(timeout=30.0)
+                        self.say("redis-server started again (AOF reloaded)")
                 pending.sort()
             self.check_daemon(daemon_down)
             if not producer.is_alive() and not pending:
