@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import report, scenarios
-from bench.daemon import DEFAULT_DAEMON_CMD, REPO, STANDIN_DAEMON_CMD
+from bench.daemon import DEFAULT_DAEMON_CMD, STANDIN_DAEMON_CMD
+from tests.helpers import REPO_ROOT
 
 SCENARIOS = ("throughput", "latency", "idle", "cost", "scale")
 
@@ -38,7 +39,7 @@ def machine(bench: scenarios.Bench) -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
     ).stdout.strip()
     return {
         "cores": os.cpu_count(),

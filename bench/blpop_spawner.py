@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench.redisproc import Reply, RespClient
+from tests.helpers import RedisConnection, RespValue
 
 
 def _get(d: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -37,7 +37,7 @@ class Spawner:
 
     def __init__(self, config: dict[str, Any]) -> None:
         host, _, port = str(_get(config, "RedisAddress", "127.0.0.1:6379")).rpartition(":")
-        self.redis = RespClient(host, int(port), timeout=None)
+        self.redis = RedisConnection(host, int(port), timeout=None)
         prefix = _get(config, "RedisQueueKey")
         self.scripts: dict[bytes, str] = {}
         self.free: dict[bytes, int] = {}
@@ -76,7 +76,7 @@ class Spawner:
         took = 0
         for key, free in list(self.free.items()):
             if free > 0:
-                got: Reply = self.redis.call("LPOP", key, free)
+                got: RespValue = self.redis.call("LPOP", key, free)
                 for entry in got if isinstance(got, list) else []:
                     assert isinstance(entry, bytes)
                     self.spawn(key, entry)

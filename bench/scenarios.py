@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -13,13 +14,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Daemon, TaskSpec
 from bench.inotify import CreationWatcher
-from bench.redisproc import Arg, CommandMeter, RedisServer, RespClient, encode
+from goophry_tx.keys import Keys
+from tests.helpers import RedisConnection, RedisServer, encode_command
 
 TRUE = "/bin/true"
 TOUCH = "/usr/bin/touch"
@@ -52,6 +55,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+class CommandMeter:
+    """Commands other clients sent between `start` and `stop` (ours subtracted)."""
+
+    def __init__(self, client: RedisConnection) -> None:
+        self.client = client
+        self.before: dict[str, int] = {}
+        self.sent_before: collections.Counter[str] = collections.Counter()
+
+    def start(self) -> None:
+        """Take the first snapshot."""
+        self.sent_before = collections.Counter(self.client.sent)
+        self.before = self.client.commandstats()
+
+    def stop(self) -> dict[str, int]:
+        """Per-command calls by others since `start` (zero counts dropped)."""
+        mine = collections.Counter(self.client.sent)
+        mine.subtract(self.sent_before)
+        after = self.client.commandstats()
+        delta = {k: v - self.before.get(k, 0) - mine.get(k, 0) for k, v in after.items()}
+        return {k: v for k, v in sorted(delta.items()) if v}
+
+
 @dataclass
 class Bench:
     """What every scenario shares: the private Redis, the daemon command, options."""
@@ -59,7 +84,7 @@ class Bench:
     daemon_cmd: str
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="goophry-bench-"))
     redis: RedisServer | None = None
-    client: RespClient | None = None
+    client: RedisConnection | None = None
     notes: list[str] = field(default_factory=list)
     #: Keep workdir (Redis and daemon logs) at exit, e.g. after an error.
     keep: bool = False
@@ -68,9 +93,8 @@ class Bench:
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     def __enter__(self) -> Bench:
-        self.redis = RedisServer(self.workdir)
-        self.redis.start()
-        self.client = self.redis.client()
+        self.redis = RedisServer(Path(self.workdir), maxclients="2000").start()
+        self.client = self.redis.connect()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -84,7 +108,7 @@ class Bench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
-    def rc(self) -> RespClient:
+    def rc(self) -> RedisConnection:
         """The harness's own Redis connection."""
         assert self.client is not None
         return self.client
@@ -125,8 +149,8 @@ class Bench:
     ) -> dict[str, Any]:
         """Push all entries at once and time the daemon until it has finished them."""
         n = sum(len(v) for v in pushes.values())
-        keys = [f"{d.queue_key}:{t}" for t in pushes]
-        cmds: list[list[Arg]] = [
+        keys = [Keys(d.queue_key).queue(t) for t in pushes]
+        cmds: list[list[object]] = [
             ["RPUSH", k, *v[i : i + 1000]]
             for k, v in zip(keys, pushes.values(), strict=True)
             for i in range(0, len(v), 1000)
@@ -406,10 +430,11 @@ def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) 
     """Push-to-start of `touch` at a low rate: ours, a plain BLPOP spawner, a bare spawn."""
     directory = tempfile.mkdtemp(dir=b.workdir, prefix="touch-")
     watcher = CreationWatcher(directory)
-    key = "bench:lat"
+    tasks = [TaskSpec("lat", TOUCH, workers)]
+    key = Keys(Daemon.queue_key).queue("lat")
 
     def push_redis(path: str) -> int:
-        cmd = encode("RPUSH", key, json.dumps({"Args": [path]}))
+        cmd = encode_command(["RPUSH", key, json.dumps({"Args": [path]})])
         t = time.monotonic_ns()
         b.rc.sock.sendall(cmd)
         b.rc.read()
@@ -426,7 +451,6 @@ def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) 
         os.posix_spawn(TOUCH, [TOUCH, path], os.environ)
         return t
 
-    tasks = [TaskSpec("lat", TOUCH, workers)]
     series: dict[str, list[float]] = {"ours": [], "blpop": [], "floor": []}
     missing = dict.fromkeys(series, 0)
     per = max(1, samples // rounds)

@@ -108,12 +108,14 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if cwd is None:
             cwd = tmp_path / f"daemon-{n}"
             cwd.mkdir(exist_ok=True)
-        argv, how_env = helpers.daemon_argv(config_path, extra_args, how, twistd_args)
-        daemon = DaemonProcess(
-            argv,
-            cwd=cwd,
-            env=helpers.daemon_env({**how_env, **(env or {})}),
+        daemon = helpers.start_daemon_process(
+            config_path,
+            *extra_args,
             log_path=tmp_path / f"daemon-{n}.log",
+            cwd=cwd,
+            how=how,
+            env=env,
+            twistd_args=twistd_args,
         )
         started.append(daemon)
         return daemon

@@ -1,24 +1,34 @@
-"""Test helpers shared by the whole suite: real Redis servers, real daemons.
+"""
+The one harness of the test suite, the benchmark and the soak.
 
-Everything here is synchronous and talks to external processes, so it suits
-integration tests; unit tests use fakes and the reactor's ``Clock`` instead.
-The Redis client is a tiny RESP speaker written with ``socket`` so that the
-tests do not depend on redis-py or on the daemon's own client.
+Real Redis servers, real daemons, and what they are asked from outside: a tiny
+RESP speaker written with C{socket} (so that nothing here depends on redis-py
+or on the daemon's own client), a redis-server launcher, a daemon launcher,
+the stats getter and a look at C{/proc}.  Everything is synchronous and talks
+to external processes: it suits integration tests, C{bench/} and the soak;
+unit tests use fakes and a C{Clock} instead.  Key names come from
+L{goophry_tx.keys.Keys}, as the daemon builds them.
 """
 
 from __future__ import annotations
 
+import collections
+import http.client
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+
+from goophry_tx import __version__
+from goophry_tx.keys import Keys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -49,11 +59,12 @@ def wait_for(
     interval: float = 0.02,
     message: str | Callable[[], str] = "condition not met",
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy, and return that.
+    """
+    Poll C{predicate} until it returns something truthy, and return that.
 
     Only for conditions outside the test process (a subprocess's log, a Redis
-    key); the bound turns a hang into an AssertionError that says what was
-    awaited. ``message`` may be a callable, evaluated only on failure (e.g. to
+    key); the bound turns a hang into an C{AssertionError} that says what was
+    awaited.  C{message} may be a callable, evaluated only on failure (e.g. to
     attach a log).
     """
     deadline = time.monotonic() + timeout
@@ -80,10 +91,11 @@ def free_port() -> int:
 
 
 class RedisReplyError(Exception):
-    """Redis answered a command with an error reply (``-ERR ...``)."""
+    """Redis answered a command with an error reply (C{-ERR ...})."""
 
 
-def _encode_command(args: Sequence[object]) -> bytes:
+def encode_command(args: Sequence[object]) -> bytes:
+    """One command in RESP, ready to send: str, bytes, int and float arguments."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
@@ -98,55 +110,119 @@ def _encode_command(args: Sequence[object]) -> bytes:
     return b"".join(parts)
 
 
-class _Reader:
-    """Reads RESP replies from a socket, buffering partial frames."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = b""
-
-    def _fill(self) -> None:
-        chunk = self._sock.recv(65536)
-        if not chunk:
+def _parse_reply(f: IO[bytes]) -> RespValue | RedisReplyError:
+    """One reply; an error reply (or an array holding one, as EXEC's) as a value."""
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return RedisReplyError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = f.read(size + 2)
+        if len(data) != size + 2:
             raise ConnectionError("Redis closed the connection")
-        self._buf += chunk
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        if count < 0:
+            return None
+        # Every item is read, so that an error inside leaves the stream whole.
+        items = [_parse_reply(f) for _ in range(count)]
+        errors = [item for item in items if isinstance(item, RedisReplyError)]
+        return errors[0] if errors else items  # type: ignore[return-value]
+    raise ConnectionError(f"unexpected RESP reply {line!r}")
 
-    def _line(self) -> bytes:
-        while (end := self._buf.find(b"\r\n")) < 0:
-            self._fill()
-        line, self._buf = self._buf[:end], self._buf[end + 2 :]
-        return line
 
-    def _exactly(self, n: int) -> bytes:
-        while len(self._buf) < n + 2:
-            self._fill()
-        data, self._buf = self._buf[:n], self._buf[n + 2 :]
-        return data
+class RedisConnection:
+    """
+    A blocking connection to Redis that counts the commands it sends by name.
 
-    def reply(self) -> RespValue:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RedisReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self._exactly(size)
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [self.reply() for _ in range(count)]
-        raise ValueError(f"unexpected RESP reply {line!r}")
+    Simple strings and bulk strings come back as bytes, integers as int,
+    arrays as lists, nil as None; an error reply raises L{RedisReplyError}.
+    The counts let the benchmark subtract its own traffic from INFO
+    commandstats.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float | None = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = self.sock.makefile("rb")
+        self.sent: collections.Counter[str] = collections.Counter()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._reader.close()
+        self.sock.close()
+
+    def __enter__(self) -> RedisConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, commands: Sequence[Sequence[object]]) -> None:
+        """Send commands in one write, without reading their replies (see L{read})."""
+        for command in commands:
+            name = command[0]
+            self.sent[(name.decode() if isinstance(name, bytes) else str(name)).lower()] += 1
+        self.sock.sendall(b"".join(encode_command(command) for command in commands))
+
+    def read(self) -> RespValue:
+        """Read one reply."""
+        reply = _parse_reply(self._reader)
+        if isinstance(reply, RedisReplyError):
+            raise reply
+        return reply
+
+    def pipeline(self, commands: Sequence[Sequence[object]]) -> list[RespValue]:
+        """
+        Send commands in one write and return their replies, in order.
+
+        Every reply is read before the first error reply is raised, so the
+        connection is never left half-read.
+        """
+        self.send(commands)
+        replies = [_parse_reply(self._reader) for _ in commands]
+        for reply in replies:
+            if isinstance(reply, RedisReplyError):
+                raise reply
+        return replies  # type: ignore[return-value]
+
+    def call(self, *args: object) -> RespValue:
+        """One command, one reply."""
+        [reply] = self.pipeline([args])
+        return reply
+
+    def info(self, section: str) -> dict[str, str]:
+        """C{INFO <section>} as a flat dict of strings."""
+        raw = self.call("INFO", section)
+        assert isinstance(raw, bytes)
+        out: dict[str, str] = {}
+        for line in raw.decode().splitlines():
+            if line and not line.startswith("#") and ":" in line:
+                key, _, value = line.partition(":")
+                out[key] = value
+        return out
+
+    def commandstats(self) -> dict[str, int]:
+        """Calls per command since start (or CONFIG RESETSTAT)."""
+        calls: dict[str, int] = {}
+        for key, value in self.info("commandstats").items():
+            fields = dict(kv.split("=", 1) for kv in value.split(","))
+            calls[key.removeprefix("cmdstat_")] = int(fields["calls"])
+        return calls
 
 
 def redis_command(host: str, port: int, *args: object, timeout: float = 10.0) -> RespValue:
-    """Run one Redis command on a fresh connection and return its reply.
-
-    Simple strings and bulk strings come back as bytes, integers as int,
-    arrays as lists, nil as None; an error reply raises RedisReplyError.
-    """
+    """Run one Redis command on a fresh connection and return its reply."""
     [reply] = redis_pipeline(host, port, args, timeout=timeout)
     return reply
 
@@ -154,25 +230,9 @@ def redis_command(host: str, port: int, *args: object, timeout: float = 10.0) ->
 def redis_pipeline(
     host: str, port: int, *commands: Sequence[object], timeout: float = 10.0
 ) -> list[RespValue]:
-    """Run several commands on one connection (e.g. MULTI ... EXEC), in order.
-
-    Every reply is read before the first error reply is raised, so the
-    connection is never left half-read.
-    """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(b"".join(_encode_command(command) for command in commands))
-        reader = _Reader(sock)
-        replies: list[RespValue] = []
-        errors: list[RedisReplyError] = []
-        for _ in commands:
-            try:
-                replies.append(reader.reply())
-            except RedisReplyError as error:
-                errors.append(error)
-                replies.append(None)
-        if errors:
-            raise errors[0]
-        return replies
+    """Run several commands on one fresh connection (e.g. MULTI ... EXEC), in order."""
+    with RedisConnection(host, port, timeout) as connection:
+        return connection.pipeline(commands)
 
 
 # --------------------------------------------------------------------------
@@ -180,10 +240,13 @@ def redis_pipeline(
 
 
 class RedisServer:
-    """A real redis-server on 127.0.0.1, owned by the test suite.
+    """
+    A real redis-server on 127.0.0.1, with no persistence unless asked.
 
-    It keeps its port and directory across ``kill()`` / ``start()``, so tests
-    can take Redis away and bring it back where the daemon expects it.
+    It keeps its port and directory across C{kill()} / C{start()}, so a test
+    or the soak can take Redis away and bring it back where the daemon
+    expects it.  Keyword arguments become redis-server options (C{_} is
+    written C{-}), e.g. C{RedisServer(d, appendonly="yes")}.
     """
 
     host = "127.0.0.1"
@@ -225,7 +288,8 @@ class RedisServer:
             return False
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start (or restart) the server and wait until it answers PING.
+        """
+        Start (or restart) the server and wait until it answers PING.
 
         On the very first start of a server whose port was picked here, a lost
         race for that port is retried on a new one.
@@ -270,13 +334,17 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
 
-    def cli(self, *args: object) -> RespValue:
-        """Run one raw Redis command, e.g. ``server.cli("LRANGE", key, 0, -1)``."""
-        return redis_command(self.host, self.port, *args)
+    def connect(self, timeout: float | None = 10.0) -> RedisConnection:
+        """A new connection that stays open (the caller closes it)."""
+        return RedisConnection(self.host, self.port, timeout)
 
-    def pipeline(self, *commands: Sequence[object]) -> list[RespValue]:
-        """Several commands on one connection: ``pipeline(["MULTI"], [...], ["EXEC"])``."""
-        return redis_pipeline(self.host, self.port, *commands)
+    def cli(self, *args: object, timeout: float = 10.0) -> RespValue:
+        """Run one raw Redis command, e.g. C{server.cli("LRANGE", key, 0, -1)}."""
+        return redis_command(self.host, self.port, *args, timeout=timeout)
+
+    def pipeline(self, *commands: Sequence[object], timeout: float = 10.0) -> list[RespValue]:
+        """Several commands on one connection: C{pipeline(["MULTI"], [...], ["EXEC"])}."""
+        return redis_pipeline(self.host, self.port, *commands, timeout=timeout)
 
     def log_text(self) -> str:
         try:
@@ -293,7 +361,7 @@ class RedisServer:
 
 
 def write_script(directory: Path, name: str, body: str) -> Path:
-    """Write an executable shell script (``#!/bin/sh`` unless body has its own ``#!``)."""
+    """Write an executable shell script (C{#!/bin/sh} unless body has its own C{#!})."""
     path = directory / name
     path.parent.mkdir(parents=True, exist_ok=True)
     text = body if body.startswith("#!") else "#!/bin/sh\n" + body
@@ -302,13 +370,24 @@ def write_script(directory: Path, name: str, body: str) -> Path:
     return path
 
 
+def shell_wait_for(path: Path, seconds: int = 30) -> str:
+    """
+    A shell line that waits until C{path} exists: a script that holds its
+    worker until the test releases it, rather than for a time that a loaded
+    machine may outlast.  Bounded, so that an orphan ends by itself.
+    """
+    polls = seconds * 20
+    return f"i=0; while [ ! -e {path} ] && [ $i -lt {polls} ]; do sleep 0.05; i=$((i+1)); done"
+
+
 def write_config(
     directory: Path, *, filename: str = "goophry.config.json", **settings: Any
 ) -> Path:
-    """Write a JSON config from keyword settings; a value of None leaves the key out.
+    """
+    Write a JSON config from keyword settings; a value of None leaves the key out.
 
     Paths are written as strings; the caller supplies everything, including
-    Tasks (the ``write_config`` fixture fills in RedisAddress and RedisQueueKey).
+    Tasks (the C{write_config} fixture fills in RedisAddress and RedisQueueKey).
     """
     config = {
         key: (str(value) if isinstance(value, Path) else value)
@@ -321,16 +400,173 @@ def write_config(
     return path
 
 
+#: Logged once the configuration is loaded and the service has started.
+STARTED = f"Goophry {__version__} instance "
+
+
+def wait_started(daemon: DaemonProcess, timeout: float = 20.0) -> DaemonProcess:
+    """Wait until the daemon has loaded its config and started its service."""
+    daemon.wait_for_log(STARTED, timeout)
+    return daemon
+
+
+class Launched(NamedTuple):
+    """What L{Harness.launch} made."""
+
+    daemon: DaemonProcess
+    script: Path
+    config: Path
+
+
+def task_payload(*args: str) -> bytes:
+    """An entry as producers push it: C{{"Args": [...]}}."""
+    return json.dumps({"Args": list(args)}).encode()
+
+
+class Harness:
+    """
+    One test's C{RedisQueueKey} on one Redis, its scripts and configs, and the
+    daemons it starts.
+
+    Key names come from L{Keys}, so they are the daemon's own.  Scripts go to
+    C{<directory>/scripts}, the config to C{<directory>/goophry.config.json}.
+    """
+
+    def __init__(
+        self,
+        redis: RedisServer,
+        queue_key: str,
+        directory: Path,
+        run_daemon: Callable[..., DaemonProcess] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.key = queue_key
+        self.keys = Keys(queue_key)
+        self.tmp_path = directory
+        self._run_daemon = run_daemon
+
+    def queue(self, task_type: str) -> str:
+        return self.keys.queue(task_type)
+
+    def failed_key(self, task_type: str) -> str:
+        return self.keys.failed(task_type)
+
+    def push_payloads(self, task_type: str, *payloads: str | bytes) -> None:
+        """RPUSH raw entries, in order."""
+        self.redis.cli("RPUSH", self.queue(task_type), *payloads)
+
+    def push_args(self, task_type: str, *args: str) -> bytes:
+        """Push one task with these Args; return the entry."""
+        payload = task_payload(*args)
+        self.push_payloads(task_type, payload)
+        return payload
+
+    def lrange(self, key: str | bytes) -> list[bytes]:
+        items = self.redis.cli("LRANGE", key, 0, -1)
+        assert isinstance(items, list)
+        return items  # type: ignore[return-value]
+
+    def llen(self, key: str | bytes) -> int:
+        length = self.redis.cli("LLEN", key)
+        assert isinstance(length, int)
+        return length
+
+    def failed(self, task_type: str) -> list[dict[str, Any]]:
+        """The failed list of a type, decoded."""
+        return [json.loads(item) for item in self.lrange(self.failed_key(task_type))]
+
+    def inflight_keys(self) -> list[bytes]:
+        """Every in-flight list under the prefix, sorted."""
+        keys = self.redis.cli("KEYS", self.keys.inflight("*", "*"))
+        assert isinstance(keys, list)
+        return sorted(keys)  # type: ignore[arg-type]
+
+    def instances(self) -> list[bytes]:
+        """The names of the registered daemon instances."""
+        names = self.redis.cli("HKEYS", self.keys.instances)
+        assert isinstance(names, list)
+        return names  # type: ignore[return-value]
+
+    def wait_failed(self, task_type: str, count: int = 1, timeout: float = 10.0) -> list[Any]:
+        """Wait until the failed list holds C{count} entries; return them decoded."""
+        wait_for(
+            lambda: self.llen(self.failed_key(task_type)) >= count,
+            timeout,
+            message=f"{count} entries in {self.failed_key(task_type)}",
+        )
+        return self.failed(task_type)
+
+    def script(self, name: str, body: str) -> Path:
+        """An executable script in the scripts directory (see L{write_script})."""
+        return write_script(self.tmp_path / "scripts", name, body)
+
+    def config(self, tasks: list[dict[str, Any]], **settings: Any) -> Path:
+        """The config file, pointing at this Redis and queue key unless told otherwise."""
+        settings.setdefault("RedisAddress", self.redis.address)
+        settings.setdefault("RedisQueueKey", self.key)
+        return write_config(self.tmp_path, Tasks=tasks, **settings)
+
+    def start(
+        self, config_path: Path, *args: str, timeout: float = 20.0, **options: Any
+    ) -> DaemonProcess:
+        """Start a daemon (C{options} as C{run_daemon} takes them); wait until it started."""
+        if self._run_daemon is None:
+            raise RuntimeError("this harness was made without a way to start daemons")
+        return wait_started(self._run_daemon(config_path, *args, **options), timeout)
+
+    def launch(
+        self,
+        body: str,
+        *payloads: str | bytes,
+        task_type: str = "t",
+        task: Mapping[str, Any] | None = None,
+        args: Sequence[str] = (),
+        how: str = "twistd",
+        **settings: Any,
+    ) -> Launched:
+        """
+        What most tests begin with: write the script and a config with one task
+        type, start the daemon, wait until it started, and push C{payloads}.
+
+        @param body: the script of C{task_type} (see L{write_script}).
+        @param task: more of the task's settings, e.g. C{{"Workers": 2}}.
+        @param args: the daemon's command-line options, e.g. C{["-v"]}.
+        @param settings: more config settings, e.g. C{FailedTasksTTL=60}.
+        """
+        script = self.script(f"{task_type}.sh", body)
+        config = self.config(
+            [{"Type": task_type, "Script": str(script), **(task or {})}], **settings
+        )
+        daemon = self.start(config, *args, how=how)
+        if payloads:
+            self.push_payloads(task_type, *payloads)
+        return Launched(daemon, script, config)
+
+    def wait_settled(self, timeout: float = 10.0, message: str | Callable[[], str] = "") -> None:
+        """
+        Wait until no entry is in flight: every outcome taken so far is written.
+
+        Check the failed list after this, not before: a failure is stored when
+        the outcome is written, after the script has left its marks.
+        """
+        wait_for(
+            lambda: not self.inflight_keys(),
+            timeout,
+            message=message or "every in-flight list emptied (outcomes written)",
+        )
+
+
 # --------------------------------------------------------------------------
 # The daemon (or any long-running program) as a subprocess
 
 
 class DaemonProcess:
-    """A subprocess whose stdout and stderr go to a log file the test can read.
+    """
+    A subprocess whose stdout and stderr go to a log file the caller can read.
 
-    It runs in a session of its own: signals sent to the test runner's group
-    do not reach it, ``signal_group`` imitates Ctrl-C at a terminal, and
-    ``kill_session`` can clean up every script it left behind.
+    It runs in a session of its own: signals sent to the runner's group do
+    not reach it, C{signal_group} imitates Ctrl-C at a terminal, and
+    C{kill_session} can clean up every script it left behind.
     """
 
     def __init__(
@@ -353,10 +589,13 @@ class DaemonProcess:
         self.pid = self.proc.pid
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
-        """Wait until ``text`` appears in the log; fail early if the process exits."""
+        """Wait until C{text} appears in the log; fail early if the process exits."""
 
         def seen() -> bool:
             if text in self.log_text():
@@ -381,24 +620,38 @@ class DaemonProcess:
         """Signal the process group, as a terminal does on Ctrl-C."""
         os.killpg(self.pid, signum)
 
-    def wait(self, timeout: float = 10.0) -> int:
-        """Wait for the exit and return its code; a hang fails with the log."""
+    def wait(self, timeout: float = 10.0, expected: str = "") -> int:
+        """
+        Wait for the exit and return its code; a hang fails with the log.
+
+        @param expected: what the bound stands for, said when it is exceeded.
+        """
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            why = f" ({expected})" if expected else ""
             raise AssertionError(
-                f"pid {self.pid} still running after {timeout:g}s:\n{self.log_text()}"
+                f"pid {self.pid} still running after {timeout:g}s{why}:\n{self.log_text()}"
             ) from None
 
-    def terminate(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then wait (bounded); SIGKILL and fail if it does not exit."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then wait (bounded); SIGKILL and return None if it does not exit."""
         if self.running():
             self.proc.terminate()
         try:
-            return self.wait(timeout)
-        except AssertionError:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            return None
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then wait (bounded); SIGKILL and fail if it does not exit."""
+        code = self.stop(timeout)
+        if code is None:
+            raise AssertionError(
+                f"pid {self.pid} still running {timeout:g}s after SIGTERM:\n{self.log_text()}"
+            )
+        return code
 
     def kill(self) -> None:
         """SIGKILL the process itself (its scripts survive, as after a crash)."""
@@ -409,33 +662,18 @@ class DaemonProcess:
     def kill_session(self) -> None:
         """SIGKILL everything still in the process's session, scripts included."""
         self.kill()
-        for pid in _session_members(self.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in session_pids(self.pid):
+            kill_quietly(pid)
 
     def __repr__(self) -> str:
         return f"<DaemonProcess pid={self.pid} running={self.running()}>"
 
 
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry.name)) == sid:
-                members.append(int(entry.name))
-        except (ProcessLookupError, PermissionError):
-            continue
-    return members
-
-
 def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The daemon's environment: ours, with the checkout first on PYTHONPATH.
+    """
+    The daemon's environment: ours, with the checkout first on PYTHONPATH.
 
-    The checkout's ``twisted/plugins/`` is how twistd finds the goophry plugin.
+    The checkout's C{twisted/plugins/} is how twistd finds the goophry plugin.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -447,11 +685,12 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def daemon_argv(
     config_path: Path, extra_args: Sequence[str], how: str, twistd_args: Sequence[str] = ()
 ) -> tuple[list[str], dict[str, str]]:
-    """The command line (and extra environment) for each way of starting Goophry.
+    """
+    The command line (and extra environment) for each way of starting Goophry.
 
-    ``twistd``: the plugin, ``twistd -n goophry -c cfg ...``;
-    ``tac``: ``twistd -n -y goophry.tac`` with GOOPHRY_CONFIG;
-    ``cli``: the original's command line, ``goophry -c cfg ...``.
+    C{twistd}: the plugin, C{twistd -n goophry -c cfg ...};
+    C{tac}: C{twistd -n -y goophry.tac} with GOOPHRY_CONFIG;
+    C{cli}: the original's command line, C{goophry -c cfg ...}.
     """
     if how == "twistd":
         return [*TWISTD, "-n", *twistd_args, "goophry", "-c", str(config_path), *extra_args], {}
@@ -461,3 +700,140 @@ def daemon_argv(
     if how == "cli":
         return [sys.executable, "-m", "goophry_tx.cli", "-c", str(config_path), *extra_args], {}
     raise ValueError(f"unknown way to start the daemon: {how!r}")
+
+
+def start_daemon_process(
+    config_path: Path,
+    *extra_args: str,
+    log_path: Path,
+    cwd: Path,
+    how: str = "twistd",
+    env: Mapping[str, str] | None = None,
+    twistd_args: Sequence[str] = (),
+) -> DaemonProcess:
+    """Start Goophry one of the ways L{daemon_argv} knows, logging to C{log_path}."""
+    argv, how_env = daemon_argv(config_path, extra_args, how, twistd_args)
+    return DaemonProcess(
+        argv, cwd=cwd, env=daemon_env({**how_env, **(env or {})}), log_path=log_path
+    )
+
+
+# --------------------------------------------------------------------------
+# Processes seen through /proc
+
+
+def process_gone(pid: int) -> bool:
+    """
+    True once C{pid} has ended.
+
+    A killed orphan is reparented to PID 1, which here (a container whose init
+    does not reap) may leave it a zombie: a zombie runs nothing, so it counts.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    # The state follows the command name, which may itself hold ") ".
+    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+
+
+def live_pids(belongs: Callable[[int], bool]) -> list[int]:
+    """Live (not zombie) processes for which C{belongs(pid)} holds."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if belongs(pid) and not process_gone(pid):
+                pids.append(pid)
+        except OSError:  # it ended while we looked, or is not ours to read
+            continue
+    return pids
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of a session: what a killed daemon left running."""
+    return live_pids(lambda pid: os.getsid(pid) == sid)
+
+
+def command_line_pids(marker: bytes) -> list[int]:
+    """Live processes whose command line holds C{marker} (e.g. a scripts directory)."""
+    return live_pids(lambda pid: marker in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal C{pid}, which may have ended already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def proc_status_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from C{/proc/<pid>/status}, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+# --------------------------------------------------------------------------
+# The stats server
+
+
+class Response(NamedTuple):
+    status: int
+    content_type: str
+    body: bytes
+    headers: http.client.HTTPMessage
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_get(
+    address: str, path: str = "/", context: ssl.SSLContext | None = None, timeout: float = 5.0
+) -> Response:
+    """One GET to C{host:port}, without following redirects (HTTPS with a context)."""
+    host, _, port = address.rpartition(":")
+    conn: http.client.HTTPConnection
+    if context is None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    else:
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        body = reply.read()
+        return Response(reply.status, reply.getheader("Content-Type", ""), body, reply.msg)
+    finally:
+        conn.close()
+
+
+def get_stats(address: str, path: str = "/", timeout: float = 2.0) -> dict[str, Any] | None:
+    """The stats JSON at C{host:port}, or None while the server does not serve it."""
+    try:
+        reply = http_get(address, path, timeout=timeout)
+        stats = reply.json() if reply.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def stats_total(stats: Mapping[str, Any], field: str) -> int:
+    """One per-type counter of the stats (e.g. C{Succeeded}), summed over the types."""
+    value = stats.get(field)
+    return sum(int(n) for n in value.values()) if isinstance(value, dict) else 0
+
+
+def outcomes(address: str) -> int | None:
+    """Succeeded + Failed + Invalid over every type: entries dealt with (None: no stats)."""
+    stats = get_stats(address)
+    if stats is None:
+        return None
+    return sum(stats_total(stats, field) for field in ("Succeeded", "Failed", "Invalid"))

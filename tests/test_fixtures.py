@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,10 +16,13 @@ from OpenSSL import SSL, crypto
 from tests.conftest import TLSFiles
 from tests.helpers import (
     DaemonProcess,
+    Harness,
     RedisReplyError,
     RedisServer,
     daemon_env,
     free_port,
+    process_gone,
+    task_payload,
     wait_for,
     write_script,
 )
@@ -96,7 +100,11 @@ def test_wait_for_is_bounded() -> None:
 
 
 def test_free_port_is_bindable() -> None:
-    assert 1024 <= free_port() < 65536
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        assert s.getsockname() == ("127.0.0.1", port)
 
 
 def test_write_config(
@@ -128,3 +136,48 @@ def test_daemon_process_handle(tmp_path: Path) -> None:
     proc.wait_for_log("up")
     assert proc.terminate() == -signal.SIGTERM
     assert not proc.running()
+
+
+def test_an_error_inside_exec_is_raised_with_the_stream_left_whole(redis: RedisServer) -> None:
+    redis.cli("SET", "k", "v")
+    with redis.connect() as connection:
+        with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+            connection.pipeline([["MULTI"], ["LPUSH", "k", "x"], ["EXEC"], ["PING"]])
+        assert connection.call("ECHO", "next") == b"next"
+        assert connection.sent == {"multi": 1, "lpush": 1, "exec": 1, "ping": 1, "echo": 1}
+
+
+def test_a_zombie_counts_as_gone(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not process_gone(child.pid)
+        child.kill()
+        # Not reaped yet: a zombie, which runs nothing.
+        wait_for(lambda: process_gone(child.pid), message="the killed child to be a zombie")
+        assert Path(f"/proc/{child.pid}").exists()
+    finally:
+        child.wait()
+
+
+def test_launch_writes_the_script_and_config_starts_and_pushes(
+    redis: RedisServer,
+    queue_key: str,
+    tmp_path: Path,
+    run_daemon: Callable[..., DaemonProcess],
+) -> None:
+    out = tmp_path / "out"
+    harness = Harness(redis, queue_key, tmp_path, run_daemon)
+    daemon, script, config = harness.launch(
+        f'printf "%s" "$1" > {out}', task_payload("pushed"), task={"Workers": 2}, BlockTimeout=1
+    )
+    wait_for(out.exists, message=daemon.log_text)
+    assert out.read_text() == "pushed"
+    assert json.loads(config.read_text()) == {
+        "RedisAddress": redis.address,
+        "RedisQueueKey": queue_key,
+        "Tasks": [{"Type": "t", "Script": str(script), "Workers": 2}],
+        "BlockTimeout": 1,
+    }
+    harness.wait_settled(message=daemon.log_text)
+    assert harness.failed("t") == []
+    assert daemon.terminate() == 0

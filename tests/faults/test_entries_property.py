@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.faults.conftest import Rig, outcomes
-from tests.helpers import DaemonProcess, wait_for
+from tests.faults.conftest import Rig
+from tests.helpers import DaemonProcess, outcomes, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -164,7 +164,7 @@ def test_entries_in_flight_that_the_daemon_does_not_know_of_go_back_after_a_reco
     daemon = start_daemon(rig.config([{"Type": "work", "Script": str(script)}]))
     rig.wait_consuming()
     [instance] = rig.instances()
-    inflight = f"{rig.queue('work')}:inflight:{instance.decode()}"
+    inflight = rig.keys.inflight("work", instance.decode())
     rig.redis.cli("RPUSH", inflight, '{"Args":["lost-reply"]}')
 
     # Every connection of the daemon is cut (ours is skipped).

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import wait_for
 from tests.integration.conftest import Goophry
 
 pytestmark = pytest.mark.integration
@@ -37,13 +36,10 @@ TRICKY = [
 ]
 
 
-def _argv_recorder(goophry: Goophry, out: Path) -> Path:
-    """A script that writes its arguments, NUL-separated, to ``out``."""
+def _argv_recorder(out: Path) -> str:
+    """A script that writes its arguments, NUL-separated, to C{out}."""
     # (A bare printf '%s\0' "$@" would print one empty argument for none.)
-    return goophry.script(
-        "record.sh",
-        f'for a in "$@"; do printf \'%s\\0\' "$a"; done > {out}.tmp\nmv {out}.tmp {out}',
-    )
+    return f'for a in "$@"; do printf \'%s\\0\' "$a"; done > {out}.tmp\nmv {out}.tmp {out}'
 
 
 def _read_argv(out: Path) -> list[str]:
@@ -62,20 +58,20 @@ def _read_argv(out: Path) -> list[str]:
     ],
 )
 def test_arguments_reach_the_script_verbatim(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    args: list[str],
+    goophry: Goophry, tmp_path: Path, args: list[str]
 ) -> None:
     out = tmp_path / "argv"
-    script = _argv_recorder(goophry, out)
-    cfg = write_config(Tasks=[{"Type": "rec", "Script": str(script)}], FailedTasksTTL=60)
-    daemon = goophry.started(run_daemon(cfg))
-    goophry.push("rec", json.dumps({"Args": args}, ensure_ascii=False))
+    daemon = goophry.launch(
+        _argv_recorder(out),
+        json.dumps({"Args": args}, ensure_ascii=False),
+        task_type="rec",
+        FailedTasksTTL=60,
+    ).daemon
 
     wait_for(out.exists, message=lambda: f"{out} written:\n{daemon.log_text()}")
     assert _read_argv(out) == args
     # Nothing was run by a shell: no file named after a redirection appeared.
     assert not (daemon.cwd / "redirected").exists()
-    assert goophry.llen(goophry.failed_key("rec")) == 0
+    # The outcome is written after the script has left its file: wait for it.
+    goophry.wait_settled(message=daemon.log_text)
+    assert goophry.failed("rec") == []

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import task_payload, wait_for
 from tests.integration.conftest import Goophry
 
 pytestmark = pytest.mark.integration
@@ -80,20 +80,15 @@ def _error_script(goophry: Goophry, out: Path) -> Path:
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_failure_is_stored_with_its_message_and_ttl_and_told_to_error_script(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    case: Case,
+    goophry: Goophry, tmp_path: Path, case: Case
 ) -> None:
     told = tmp_path / "told"
-    script = goophry.script("task.sh", case.body)
-    cfg = write_config(
-        Tasks=[{"Type": "job", "Script": str(script)}],
+    daemon, script, _ = goophry.launch(
+        case.body,
+        task_type="job",
         FailedTasksTTL=TTL,
         ErrorScript=str(_error_script(goophry, told)),
     )
-    daemon = goophry.started(run_daemon(cfg))
     if case.after_start is not None:
         case.after_start(script)
     goophry.push("job", case.payload)
@@ -119,16 +114,12 @@ def test_failure_is_stored_with_its_message_and_ttl_and_told_to_error_script(
 
 
 def test_nul_byte_in_an_argument_is_a_failure_that_keeps_its_args(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
+    goophry: Goophry, tmp_path: Path
 ) -> None:
     ran = tmp_path / "ran"
-    script = goophry.script("task.sh", f"touch {ran}")
-    cfg = write_config(Tasks=[{"Type": "job", "Script": str(script)}], FailedTasksTTL=TTL)
-    goophry.started(run_daemon(cfg))
-    goophry.push("job", '{"Args":["a\\u0000b","c"]}')
+    script = goophry.launch(
+        f"touch {ran}", '{"Args":["a\\u0000b","c"]}', task_type="job", FailedTasksTTL=TTL
+    ).script
 
     [entry] = goophry.wait_failed("job")
     assert entry == {
@@ -149,22 +140,16 @@ def test_nul_byte_in_an_argument_is_a_failure_that_keeps_its_args(
     ids=["task-arg", "invalid-entry"],
 )
 def test_error_script_is_told_of_an_entry_with_a_nul_byte(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    payload: bytes,
-    error: str,
+    goophry: Goophry, tmp_path: Path, payload: bytes, error: str
 ) -> None:
     told = tmp_path / "told"
-    script = goophry.script("task.sh", "true")
-    cfg = write_config(
-        Tasks=[{"Type": "job", "Script": str(script)}],
+    daemon, script, _ = goophry.launch(
+        "true",
+        payload,
+        task_type="job",
         FailedTasksTTL=TTL,
         ErrorScript=str(_error_script(goophry, told)),
     )
-    daemon = goophry.started(run_daemon(cfg))
-    goophry.push("job", payload)
     goophry.wait_failed("job")
     wait_for(
         lambda: told.exists() or "ErrorScript" in daemon.log_text(),
@@ -177,16 +162,14 @@ def test_error_script_is_told_of_an_entry_with_a_nul_byte(
     assert error.format(script=script) in first
 
 
-def test_failed_tasks_ttl_zero_stores_nothing_but_logs_in_full(
-    goophry: Goophry,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-) -> None:
-    script = goophry.script("task.sh", 'echo "boom $1"\nexit 3')
-    cfg = write_config(Tasks=[{"Type": "job", "Script": str(script)}], FailedTasksTTL=0)
-    daemon = goophry.started(run_daemon(cfg))
-    goophry.push_args("job", "x y", "z")
-    goophry.push("job", "not json")
+def test_failed_tasks_ttl_zero_stores_nothing_but_logs_in_full(goophry: Goophry) -> None:
+    daemon = goophry.launch(
+        'echo "boom $1"\nexit 3',
+        task_payload("x y", "z"),
+        "not json",
+        task_type="job",
+        FailedTasksTTL=0,
+    ).daemon
 
     expected = json.dumps(
         {"Args": ["x y", "z"], "ErrorMessage": "exit status 3\nboom x y\n"},
@@ -200,15 +183,8 @@ def test_failed_tasks_ttl_zero_stores_nothing_but_logs_in_full(
     assert goophry.llen(goophry.queue("job")) == 0
 
 
-def test_ttl_is_renewed_on_every_push(
-    goophry: Goophry,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-) -> None:
-    script = goophry.script("task.sh", "exit 1")
-    cfg = write_config(Tasks=[{"Type": "job", "Script": str(script)}], FailedTasksTTL=TTL)
-    goophry.started(run_daemon(cfg))
-    goophry.push_args("job", "first")
+def test_ttl_is_renewed_on_every_push(goophry: Goophry) -> None:
+    goophry.launch("exit 1", task_payload("first"), task_type="job", FailedTasksTTL=TTL)
     goophry.wait_failed("job")
     # Shorten the list's TTL as if time had passed; the next failure renews it.
     goophry.redis.cli("EXPIRE", goophry.failed_key("job"), 5)

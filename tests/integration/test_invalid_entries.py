@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import task_payload, wait_for
 from tests.integration.conftest import Goophry, stats_when
 
 pytestmark = pytest.mark.integration
@@ -28,25 +27,20 @@ INVALID: list[bytes] = [
 
 
 def test_every_invalid_entry_is_stored_raw_and_the_daemon_goes_on(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    stats_address: str,
+    goophry: Goophry, tmp_path: Path, stats_address: str
 ) -> None:
     ran = tmp_path / "ran"
     told = tmp_path / "told"
-    script = goophry.script("task.sh", f'printf "%s" "$1" > {ran}')
     error_script = goophry.script("error.sh", f'printf "%s\\n" "$#" >> {told}')
-    cfg = write_config(
-        Tasks=[{"Type": "job", "Script": str(script)}],
+    daemon = goophry.launch(
+        f'printf "%s" "$1" > {ran}',
+        *INVALID,
+        task_payload("after"),
+        task_type="job",
         FailedTasksTTL=300,
         ErrorScript=str(error_script),
         StatsInterface=stats_address,
-    )
-    daemon = goophry.started(run_daemon(cfg))
-    goophry.push("job", *INVALID)
-    goophry.push_args("job", "after")
+    ).daemon
 
     wait_for(ran.exists, message=lambda: f"the valid task after them to run:\n{daemon.log_text()}")
     assert ran.read_text() == "after"
@@ -96,17 +90,8 @@ def test_every_invalid_entry_is_stored_raw_and_the_daemon_goes_on(
     ],
     ids=["not-json", "array", "empty-object", "args-string", "args-number", "bad-utf8"],
 )
-def test_invalid_entry_message_names_the_problem(
-    goophry: Goophry,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    raw: bytes,
-    reason: str,
-) -> None:
-    script = goophry.script("task.sh", "true")
-    cfg = write_config(Tasks=[{"Type": "job", "Script": str(script)}], FailedTasksTTL=60)
-    daemon = goophry.started(run_daemon(cfg))
-    goophry.push("job", raw)
+def test_invalid_entry_message_names_the_problem(goophry: Goophry, raw: bytes, reason: str) -> None:
+    daemon = goophry.launch("true", raw, task_type="job", FailedTasksTTL=60).daemon
     [entry] = goophry.wait_failed("job")
     assert entry["ErrorMessage"].startswith(f"invalid task entry: {reason}"), entry
     assert entry["Args"] is None

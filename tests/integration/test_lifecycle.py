@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, TWISTD, DaemonProcess, wait_for
+from tests.helpers import REPO_ROOT, TWISTD, kill_quietly, shell_wait_for, task_payload, wait_for
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
@@ -22,17 +22,10 @@ HOWS = ["twistd", "tac", "cli"]
 
 @pytest.mark.parametrize("how", HOWS)
 def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    how: str,
+    goophry: Goophry, tmp_path: Path, how: str
 ) -> None:
     out = tmp_path / "out"
-    script = goophry.script("t.sh", f'printf "%s" "$1" > {out}')
-    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
-    daemon = goophry.started(run_daemon(cfg, how=how))
-    goophry.push_args("t", how)
+    daemon = goophry.launch(f'printf "%s" "$1" > {out}', task_payload(how), how=how).daemon
     wait_for(out.exists, message=lambda: daemon.log_text())
     assert out.read_text() == how
 
@@ -53,16 +46,8 @@ def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
     ],
 )
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_exits_with_status_zero(
-    goophry: Goophry,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    how: str,
-    signum: int,
-) -> None:
-    script = goophry.script("t.sh", "true")
-    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
-    daemon = goophry.started(run_daemon(cfg, how=how))
+def test_a_stop_signal_exits_with_status_zero(goophry: Goophry, how: str, signum: int) -> None:
+    daemon = goophry.launch("true", how=how).daemon
     daemon.signal(signum)
     assert daemon.wait() == 0, daemon.log_text()
 
@@ -73,25 +58,21 @@ def test_a_stop_signal_exits_with_status_zero(
 def test_sigterm_lets_the_running_task_finish_and_loses_nothing(
     goophry: Goophry,
     tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
     stats_address: str,
     how: str,
     signals: int,
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    script = goophry.script(
-        "two-seconds.sh", f"touch {marks}/started-$1\nsleep 2\ntouch {marks}/finished-$1"
-    )
-    cfg = write_config(
-        Tasks=[{"Type": "t", "Script": str(script), "Workers": 1}],
-        FailedTasksTTL=60,
-        StatsInterface=stats_address,
-    )
     payloads = [json.dumps({"Args": [name]}) for name in ("first", "second", "third")]
     goophry.push("t", *payloads)
-    daemon = goophry.started(run_daemon(cfg, how=how))
+    daemon = goophry.launch(
+        f"touch {marks}/started-$1\nsleep 2\ntouch {marks}/finished-$1",
+        task={"Workers": 1},
+        how=how,
+        FailedTasksTTL=60,
+        StatsInterface=stats_address,
+    ).daemon
     started = marks / "started-first"
     wait_for(started.exists, message=lambda: daemon.log_text())
     [inflight] = goophry.inflight_keys()
@@ -120,22 +101,14 @@ def test_sigterm_lets_the_running_task_finish_and_loses_nothing(
 
 
 @pytest.mark.parametrize("how", ["twistd", "cli"])
-def test_a_stop_while_redis_has_not_answered_yet_is_clean(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    how: str,
-) -> None:
+def test_a_stop_while_redis_has_not_answered_yet_is_clean(goophry: Goophry, how: str) -> None:
     """The same race that a stop right after the start sometimes hits, made certain."""
     # A "Redis" that accepts connections (the kernel does, from the backlog) but never answers.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as mute:
         mute.bind(("127.0.0.1", 0))
         mute.listen(16)
         address = f"127.0.0.1:{mute.getsockname()[1]}"
-        script = goophry.script("t.sh", "true")
-        cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}], RedisAddress=address)
-        daemon = goophry.started(run_daemon(cfg, how=how))
+        daemon = goophry.launch("true", how=how, RedisAddress=address).daemon
         # Its links have connected and sent their first commands.
         wait_for(lambda: _backlog(mute) >= 2, message="the daemon's links to connect")
         daemon.signal(signal.SIGTERM)
@@ -160,22 +133,15 @@ def _backlog(listener: socket.socket) -> int:
 
 @pytest.mark.parametrize("how", ["twistd", "cli"])
 def test_verbose_logs_each_task_taken_started_and_done(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    how: str,
+    goophry: Goophry, tmp_path: Path, how: str
 ) -> None:
     out = tmp_path / "out"
-    script = goophry.script("t.sh", f'printf "%s" "$1" > {out}')
-    cfg = write_config(Tasks=[{"Type": "t", "Script": str(script)}])
-    quiet = goophry.started(run_daemon(cfg, how=how))
-    goophry.push_args("t", "quiet")
+    quiet, script, cfg = goophry.launch(f'printf "%s" "$1" > {out}', task_payload("quiet"), how=how)
     wait_for(lambda: out.exists() and out.read_text() == "quiet", message=quiet.log_text)
     assert quiet.terminate() == 0
     assert "task t " not in quiet.log_text()
 
-    verbose = goophry.started(run_daemon(cfg, "-v", how=how))
+    verbose = goophry.start(cfg, "-v", how=how)
     goophry.push_args("t", "loud")
     wait_for(lambda: "task t done in" in verbose.log_text(), message=verbose.log_text)
     log = verbose.log_text()
@@ -192,7 +158,13 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
     """twistd without -n forks into the background after the service is made."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    script = goophry.script("t.sh", f'touch {marks}/"$1".start; sleep 1; touch {marks}/"$1".end')
+    release = tmp_path / "release"
+    # Each run holds its worker until the test releases it (bounded, for an
+    # orphan): four starts before the release can only be four at once.
+    script = goophry.script(
+        "t.sh",
+        f'touch {marks}/"$1".start\n{shell_wait_for(release)}\ntouch {marks}/"$1".end',
+    )
     cfg = write_config(Tasks=[{"Type": "t", "Script": str(script), "Workers": 4}])
     pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -207,25 +179,23 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
         # All four start together: the spawning threads exist after the fork.
         wait_for(
             lambda: len(list(marks.glob("*.start"))) == 4,
-            timeout=5,
-            message=lambda: logfile.read_text(),
+            timeout=15,
+            message=lambda: f"four runs at once:\n{logfile.read_text()}",
         )
-        assert not list(marks.glob("*.end")), "the four ran one after another"
-        record = json.loads(goophry.redis.cli("HGET", f"{goophry.key}:instances", _only(goophry)))
+        record = json.loads(goophry.redis.cli("HGET", goophry.keys.instances, _only(goophry)))
         assert record["pid"] == pid, "the instance is registered with the daemon's own pid"
         os.kill(pid, signal.SIGTERM)
+        wait_for(
+            lambda: "stopping: no more entries taken" in logfile.read_text(),
+            message=lambda: logfile.read_text(),
+        )
+        release.touch()
         wait_for(lambda: not pidfile.exists(), timeout=15, message=lambda: logfile.read_text())
-        assert len(list(marks.glob("*.end"))) == 4
+        assert len(list(marks.glob("*.end"))) == 4, "the stop waited for every run"
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_quietly(pid)
 
 
 def _only(goophry: Goophry) -> str:
-    names = goophry.redis.cli("HKEYS", f"{goophry.key}:instances")
-    assert isinstance(names, list) and len(names) == 1, names
-    name = names[0]
-    assert isinstance(name, bytes)
+    [name] = goophry.instances()
     return name.decode()

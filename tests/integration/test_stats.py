@@ -28,7 +28,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.redis import RedisHealth, RedisLink
 from goophry_tx.stats import QueueFigures, queue_figures
 from tests.conftest import TLSFiles
-from tests.helpers import DaemonProcess, free_port, wait_for
+from tests.helpers import DaemonProcess, free_port, task_payload, wait_for
 from tests.integration.conftest import Goophry, http_get, stats_when
 
 pytestmark = pytest.mark.integration
@@ -90,21 +90,14 @@ def test_stats_json_counts_what_happened(
     assert reply.content_type.split(";")[0] == "application/json"
 
 
-def test_stats_shows_a_running_task(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    stats_address: str,
-) -> None:
+def test_stats_shows_a_running_task(goophry: Goophry, tmp_path: Path, stats_address: str) -> None:
     release = tmp_path / "release"
-    script = goophry.script(
-        "wait.sh",
+    goophry.launch(
         f"i=0\nwhile [ ! -e {release} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+        task_payload("x"),
+        task_type="w",
+        StatsInterface=stats_address,
     )
-    cfg = write_config(Tasks=[{"Type": "w", "Script": str(script)}], StatsInterface=stats_address)
-    goophry.started(run_daemon(cfg))
-    goophry.push_args("w", "x")
     stats = stats_when(stats_address, lambda s: s["Running"]["w"] == 1)
     assert stats["TaskCount"] == {"w": 1}
     release.touch()
@@ -338,8 +331,24 @@ def test_stats_over_https_with_a_chain(
         http_get(stats_address, "/").json()
 
 
-def _refused(daemon: DaemonProcess, setting: str) -> str:
-    """The daemon exits non-zero at start, naming the setting; its log."""
+def _refused(
+    goophry: Goophry,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    how: str,
+    setting: str,
+    cert: Path,
+    key: Path,
+) -> str:
+    """Start with these certificate files: the daemon exits non-zero naming C{setting}; its log."""
+    cfg = _stats_config(
+        goophry,
+        write_config,
+        f"127.0.0.1:{free_port()}",
+        StatsTLSCertFile=str(cert),
+        StatsTLSKeyFile=str(key),
+    )
+    daemon = run_daemon(cfg, how=how)
     code = daemon.wait(15)
     log = daemon.log_text()
     assert code != 0, log
@@ -359,14 +368,7 @@ def test_a_key_that_does_not_match_the_certificate_stops_the_start(
 ) -> None:
     other = tmp_path / "other.key"
     tls_ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(tls_files.cert),
-        StatsTLSKeyFile=str(other),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSKeyFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSKeyFile", tls_files.cert, other)
     assert "does not match" in log
 
 
@@ -386,24 +388,11 @@ def test_an_unreadable_certificate_stops_the_start(
         cert.write_text("this is not a certificate\n")
     elif problem == "directory":
         cert.mkdir()
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(cert),
-        StatsTLSKeyFile=str(tls_files.key),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSCertFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSCertFile", cert, tls_files.key)
     assert str(cert) in log
 
 
-@pytest.mark.parametrize(
-    "how",
-    [
-        "twistd",
-        "tac",
-    ],
-)
+@pytest.mark.parametrize("how", ["twistd", "tac"])
 def test_twistd_refuses_a_bad_certificate_without_a_traceback(
     goophry: Goophry,
     tmp_path: Path,
@@ -414,12 +403,5 @@ def test_twistd_refuses_a_bad_certificate_without_a_traceback(
 ) -> None:
     cert = tmp_path / "bad.crt"
     cert.write_text("this is not a certificate\n")
-    cfg = _stats_config(
-        goophry,
-        write_config,
-        f"127.0.0.1:{free_port()}",
-        StatsTLSCertFile=str(cert),
-        StatsTLSKeyFile=str(tls_files.key),
-    )
-    log = _refused(run_daemon(cfg, how=how), "StatsTLSCertFile")
+    log = _refused(goophry, write_config, run_daemon, how, "StatsTLSCertFile", cert, tls_files.key)
     assert "Traceback" not in log

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, wait_for
+from tests.helpers import wait_for
 from tests.integration.conftest import Goophry, stats_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,24 +31,17 @@ def _max_overlap(events: list[tuple[float, str, str]]) -> int:
 
 
 def test_two_workers_run_two_tasks_at_once_and_leave_the_rest_in_redis(
-    goophry: Goophry,
-    tmp_path: Path,
-    write_config: Callable[..., Path],
-    run_daemon: Callable[..., DaemonProcess],
-    stats_address: str,
+    goophry: Goophry, tmp_path: Path, stats_address: str
 ) -> None:
     log = tmp_path / "events"
-    script = goophry.script(
-        "second.sh",
-        f'echo "start $1 $(date +%s.%N)" >> {log}\nsleep 1\necho "end $1 $(date +%s.%N)" >> {log}',
-    )
-    cfg = write_config(
-        Tasks=[{"Type": "slow", "Script": str(script), "Workers": 2}],
-        StatsInterface=stats_address,
-    )
     for n in range(6):
         goophry.push_args("slow", f"t{n}")
-    daemon = goophry.started(run_daemon(cfg))
+    daemon = goophry.launch(
+        f'echo "start $1 $(date +%s.%N)" >> {log}\nsleep 1\necho "end $1 $(date +%s.%N)" >> {log}',
+        task_type="slow",
+        task={"Workers": 2},
+        StatsInterface=stats_address,
+    ).daemon
 
     def starts() -> int:
         return log.read_text().count("start ") if log.exists() else 0
