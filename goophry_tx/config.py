@@ -109,6 +109,18 @@ _TOP_KEYS = (
 _TASK_KEYS = ("Type", "Script", "Workers", "Timeout")
 
 
+def setting_name(field: str) -> str:
+    """
+    The name a setting has in the file, from its attribute's name in
+    L{Config} or L{TaskType} (C{redis_db} is C{RedisDB}).
+    """
+    folded = field.replace("_", "")
+    for key in (*_TOP_KEYS, *_TASK_KEYS):
+        if key.lower() == folded:
+            return key
+    return field
+
+
 def _describe(value: object) -> str:
     """Show a JSON value the way the error messages quote it."""
     return json.dumps(value, ensure_ascii=False)

@@ -30,7 +30,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder
 from goophry_tx.process.runner import RunningScript, ScriptRunner
 from goophry_tx.redis import IRedisLink, ResponseError, Retry
-from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
+from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry, payload_text
 
 # Puts back the entries of an in-flight list that this process does not
 # know of (their BLMOVE reply was lost with the connection), at the head of
@@ -225,8 +225,6 @@ class Consumer:
         self._block_timeout = block_timeout
         self.state = State.IDLE
         self._take: ITakeStrategy | None = None
-        #: Workers with no script running.
-        self._free = task_type.workers
         self._running: dict[int, tuple[Task, RunningScript]] = {}
         self._retry = Retry(clock)
         #: The pause after a refused take, or the next CLIENT UNBLOCK.
@@ -240,6 +238,24 @@ class Consumer:
         self._take = take(self._blocking, self._queue, self._inflight, self._block_timeout)
         self.state = State.RECONCILING
         self._retry.when_connected(self._blocking, self._reconcile)
+
+    @property
+    def _free(self) -> int:
+        """
+        Workers with no script running: none while more scripts run than
+        C{Workers} now allows (a reload lowered it).
+        """
+        return max(0, self.task_type.workers - len(self._running))
+
+    def reconfigure(self, task_type: TaskType) -> None:
+        """
+        Run the next entries with C{task_type}'s script, timeout and
+        workers (a reload).  Running scripts keep what they started with:
+        more workers take at once, fewer once enough scripts have finished.
+        """
+        self.task_type = task_type
+        if self.state is State.FULL and self._free > 0:
+            self._take_next()
 
     def _take_next(self) -> None:
         """Take as many entries as there are free workers, or wait for one."""
@@ -346,7 +362,9 @@ class Consumer:
 
     def _start(self, payload: bytes) -> None:
         if self._verbose:
-            self.log.info("task {type} taken: {payload!r}", type=self._type, payload=payload)
+            self.log.info(
+                "task {type} taken: {payload}", type=self._type, payload=payload_text(payload)
+            )
         entry = parse_entry(self._type, payload)
         if isinstance(entry, InvalidEntry):
             self._outcomes.invalid(entry)
@@ -355,12 +373,12 @@ class Consumer:
         task_type = self.task_type
         run = self._runner.run(task_type.script, entry.args, task_type.timeout)
         key = id(run)
+        # Holds a worker until _finished frees it.
         self._running[key] = (entry, run)
-        # Taken by this run until _finished frees it.
-        self._free -= 1
         run.done.addCallback(self._finished, entry, key)
 
     def _finished(self, outcome: Outcome, task: Task, key: int) -> None:
+        # The one place a worker is freed.
         _, run = self._running.pop(key)
         try:
             if run.stopped:
@@ -375,8 +393,6 @@ class Consumer:
                 type=task.type,
                 args=list(task.args),
             )
-        # The one place a worker is freed.
-        self._free += 1
         state = self.state
         if state is State.FULL:
             self._take_next()

@@ -32,22 +32,23 @@ class ErrorNotifier:
         timeout: float = 30.0,
     ) -> None:
         self._runner = runner
-        self._script = script
+        # Read at each failure: a reload changes them.
+        self.script = script
         self._queue: collections.deque[str] = collections.deque()
-        self._queue_size = queue_size
-        self._timeout = timeout
+        self.queue_size = queue_size
+        self.timeout = timeout
         self._busy = False
         self._idle: list[Deferred[None]] = []
 
     def notify(self, script: str, args: tuple[str, ...], error: str) -> None:
         """Tell ErrorScript that a task of C{script} failed with C{error}."""
-        if self._script is None:
+        if self.script is None:
             return
         message = error_script_message(script, args, error)
-        if len(self._queue) >= self._queue_size:
+        if len(self._queue) >= self.queue_size:
             self.log.error(
                 "ErrorScript queue full ({size}); not told: {message}",
-                size=self._queue_size,
+                size=self.queue_size,
                 message=message,
             )
             return
@@ -56,7 +57,7 @@ class ErrorNotifier:
             self._next()
 
     def _next(self) -> None:
-        if not self._queue or self._script is None:
+        if not self._queue or self.script is None:
             self._busy = False
             idle, self._idle = self._idle, []
             for d in idle:
@@ -64,7 +65,7 @@ class ErrorNotifier:
             return
         self._busy = True
         message = self._queue.popleft()
-        run = self._runner.run(self._script, (message,), self._timeout)
+        run = self._runner.run(self.script, (message,), self.timeout)
         run.done.addCallback(self._finished, message)
 
     def _finished(self, outcome: Outcome, message: str) -> None:
@@ -72,7 +73,7 @@ class ErrorNotifier:
             if not outcome.succeeded:
                 self.log.error(
                     "ErrorScript {script} failed: {error} (it was told: {message})",
-                    script=self._script,
+                    script=self.script,
                     error=outcome.error_message(),
                     message=message,
                 )

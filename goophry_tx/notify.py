@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from twisted.application.internet import TimerService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 
@@ -77,3 +79,40 @@ class SystemdNotifier:
     def status(self, text: str) -> None:
         """A line for C{systemctl status}, such as C{"3 types, 5 running"}."""
         self.notify(STATUS=text)
+
+
+class StatusService(TimerService):
+    """
+    Tells systemd how the daemon is doing (C{STATUS=}), every few seconds,
+    only when that has changed since it was last said: a datagram is cheap,
+    and none at all is sent while nothing moves.  Run it (as a child
+    service) only when there is a socket to tell.
+    """
+
+    def __init__(
+        self,
+        notifier: SystemdNotifier,
+        status: Callable[[], str],
+        clock: IReactorTime,
+        interval: float = 5.0,
+    ) -> None:
+        """
+        @param status: the line to show, such as C{"3 types, 5 running"}.
+        """
+        super().__init__(interval, self._tick)
+        self.clock = clock
+        self._notifier = notifier
+        self._status = status
+        #: The line last sent, with C{READY=1} or on its own.
+        self.said: str | None = None
+
+    def ready(self) -> None:
+        """C{READY=1} with the status line: the daemon takes entries (again)."""
+        self.said = self._status()
+        self._notifier.ready(self.said)
+
+    def _tick(self) -> None:
+        text = self._status()
+        if text != self.said:
+            self.said = text
+            self._notifier.status(text)

@@ -19,7 +19,7 @@ from goophry_tx.config import TaskType
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.recovery import Abandoned
 from goophry_tx.store import OutcomeStore
-from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry
+from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry, payload_text
 
 #: Upper bounds of the task duration histogram's buckets, in seconds:
 #: from a script that only checks something to one that runs for an hour.
@@ -143,6 +143,13 @@ class OutcomeRecorder:
         self._notifier = notifier
         self._verbose = verbose
 
+    def configure(self, tasks: Iterable[TaskType]) -> None:
+        """
+        The types' scripts after a reload, for the log and ErrorScript.  A
+        type the reload removed keeps its script: its last runs still end.
+        """
+        self._scripts.update((t.type, t.script) for t in tasks)
+
     def known_payloads(self, task_type: str) -> list[bytes]:
         """
         The payloads of C{task_type} whose outcome is not written yet (once
@@ -220,16 +227,16 @@ class OutcomeRecorder:
         """An entry that is not a task: stored as failed, with its payload."""
         self.counters[entry.type].failed_with("invalid")
         self.log.warn(
-            "{type}: {reason}; entry: {payload!r}",
+            "{type}: {reason}; entry: {payload}",
             type=entry.type,
             reason=entry.reason,
-            payload=entry.payload,
+            payload=payload_text(entry.payload),
         )
         self._store.failed(entry, entry.reason)
         self._notifier.notify(
             self._scripts[entry.type],
             (),
-            f"{entry.reason}\n{entry.payload.decode('utf-8', 'backslashreplace')}",
+            f"{entry.reason}\n{payload_text(entry.payload)}",
         )
 
     def abandoned(self, abandoned: Abandoned) -> None:
@@ -240,9 +247,9 @@ class OutcomeRecorder:
             f"died each time (last {abandoned.dead_instance})"
         )
         self.log.error(
-            "{type} entry {payload!r} {error}",
+            "{type} entry {payload} {error}",
             type=abandoned.type,
-            payload=abandoned.payload,
+            payload=payload_text(abandoned.payload),
             error=error,
         )
         # A type this instance does not run (the dead one did) has no counters.

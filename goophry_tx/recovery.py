@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -233,7 +233,7 @@ class HeartbeatService(Service):
         self._keys = keys
         self.instance = instance
         self._clock = clock
-        self._types = types
+        self._types = list(types)
         self._instance_timeout = instance_timeout
         self._quiet_until = 0.0
         self._after_outage = False
@@ -246,22 +246,39 @@ class HeartbeatService(Service):
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self._identity = machine_identity()
-        self._record = json.dumps(
-            {
-                "host": self.host,
-                "boot": self._identity[0],
-                "pidns": self._identity[1],
-                "pid": self.pid,
-                "start": process_start_time(self.pid),
-                "types": types,
-            },
-            separators=(",", ":"),
-        )
+        self._start_time = process_start_time(self.pid)
+        self._record = self._make_record()
         self._timer = TimerService(self.interval, self._beat)
         self._timer.clock = clock
         self._beaten = False
         self._waiting: list[Deferred[None]] = []
         self._unregister = True
+
+    def _make_record(self) -> str:
+        """What this instance registers: where it runs, and its types."""
+        return json.dumps(
+            {
+                "host": self.host,
+                "boot": self._identity[0],
+                "pidns": self._identity[1],
+                "pid": self.pid,
+                "start": self._start_time,
+                "types": self._types,
+            },
+            separators=(",", ":"),
+        )
+
+    def add_types(self, types: Iterable[str]) -> None:
+        """
+        Register types a reload added, from the next beat on, so that their
+        in-flight entries are recovered if this instance dies.  Types are
+        never taken off: a removed one's in-flight list may still hold an
+        entry whose outcome could not be written.
+        """
+        added = [t for t in types if t not in self._types]
+        if added:
+            self._types.extend(added)
+            self._record = self._make_record()
 
     def prepare(self, redis_uptime: float | None) -> Deferred[None]:
         """

@@ -30,16 +30,17 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from goophry_tx import __version__
-from goophry_tx.config import Config, split_host_port
+from goophry_tx.config import Config, TaskType, split_host_port
 from goophry_tx.consumer import AtomicTake, Consumer, TakeFactory, take_strategy
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
-from goophry_tx.notify import SystemdNotifier
-from goophry_tx.outcomes import OutcomeRecorder, type_counters
+from goophry_tx.notify import StatusService, SystemdNotifier
+from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
+from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
 from goophry_tx.stats import Stats, StatsResource
 from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
@@ -133,16 +134,15 @@ class GoophryService(MultiService):
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
 
-        def link(purpose: str) -> RedisLink:
-            new = self._links(purpose)
-            new.setServiceParent(self)
-            return new
-
-        self.control = link("control")
-        self._takers = {t.type: link(f"take:{index}") for index, t in enumerate(config.tasks)}
+        self.control = self._link("control")
+        #: How many taking links were made: each has a number of its own.
+        self._taker_count = 0
+        self._takers = {t.type: self._taking_link() for t in config.tasks}
         self._instance = instance
         self.instance = instance or ""
         self.consumers: list[Consumer] = []
+        #: The consumers of types a reload removed, until their scripts are done.
+        self._retiring: list[Consumer] = []
         #: How the consumers take entries; chosen once the Redis version is known.
         self.take: TakeFactory = AtomicTake
         if config.stats_interface:
@@ -153,6 +153,18 @@ class GoophryService(MultiService):
         self._starting: Deferred[None] | None = None
         #: The next try at starting, after one that failed.
         self._retry: IDelayedCall | None = None
+        self.status = StatusService(self.systemd, self._status, reactor)
+
+    def _link(self, purpose: str) -> RedisLink:
+        link = self._links(purpose)
+        link.setServiceParent(self)
+        return link
+
+    def _taking_link(self) -> RedisLink:
+        """A link of its own for a consumer's blocking takes."""
+        link = self._link(f"take:{self._taker_count}")
+        self._taker_count += 1
+        return link
 
     def _redis_links(self, endpoint: IStreamClientEndpoint) -> Callable[[str], RedisLink]:
         config = self.config
@@ -211,7 +223,7 @@ class GoophryService(MultiService):
             self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
         )
         self.notifier = ErrorNotifier(
-            ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace),
+            self.runner,
             config.error_script,
             config.error_queue_size,
             config.error_script_timeout,
@@ -223,21 +235,7 @@ class GoophryService(MultiService):
             notifier=self.notifier,
             verbose=self.verbose,
         )
-        self.consumers = [
-            Consumer(
-                task_type=task_type,
-                keys=self.keys,
-                instance=self.instance,
-                blocking=self._takers[task_type.type],
-                control=self.control,
-                outcomes=self.outcomes,
-                runner=self.runner,
-                clock=reactor,
-                verbose=self.verbose,
-                block_timeout=config.block_timeout,
-            )
-            for task_type in config.tasks
-        ]
+        self.consumers = [self._consumer(task_type) for task_type in config.tasks]
         self.heartbeat = HeartbeatService(
             self.control,
             self.keys,
@@ -247,6 +245,20 @@ class GoophryService(MultiService):
             config.instance_timeout,
             config.max_recoveries,
             self.outcomes.abandoned,
+        )
+
+    def _consumer(self, task_type: TaskType) -> Consumer:
+        return Consumer(
+            task_type=task_type,
+            keys=self.keys,
+            instance=self.instance,
+            blocking=self._takers[task_type.type],
+            control=self.control,
+            outcomes=self.outcomes,
+            runner=self.runner,
+            clock=self._reactor,
+            verbose=self.verbose,
+            block_timeout=self.config.block_timeout,
         )
 
     def startService(self) -> None:
@@ -261,6 +273,7 @@ class GoophryService(MultiService):
             lambda: self.phase is Phase.STOPPING,
             lambda: self._stop_scripts("a second signal"),
         )
+        reload_on_sighup(self._reactor, self.reload)
         # twistd starts the service before the reactor runs and handles
         # signals: say that the daemon has started only once it can be
         # stopped cleanly.
@@ -280,7 +293,7 @@ class GoophryService(MultiService):
     def _stop_scripts(self, why: str) -> None:
         """Stop the running scripts now; their entries go back to their queues."""
         self.log.info("{why}: stopping the running scripts now", why=why)
-        for consumer in self.consumers:
+        for consumer in [*self.consumers, *self._retiring]:
             consumer.stop_scripts()
 
     def _begin(self) -> None:
@@ -322,7 +335,17 @@ class GoophryService(MultiService):
         self.phase = Phase.CONSUMING
         for consumer in self.consumers:
             consumer.start(self.take)
-        self.systemd.ready(f"{len(self.consumers)} types")
+        self.status.ready()
+        if self.systemd.address is not None:
+            self.status.setServiceParent(self)
+
+    def _status(self) -> str:
+        """What C{systemctl status} shows: C{"3 types, 5 running"}."""
+        running = sum(c.running for c in [*self.consumers, *self._retiring])
+        if self.phase is Phase.STOPPING:
+            return f"stopping, {running} running"
+        types = f"{len(self.consumers)} types"
+        return f"{types}, {running} running" if running else types
 
     def _start_failed(self, failure: Failure) -> None:
         self._starting = None
@@ -333,6 +356,84 @@ class GoophryService(MultiService):
             self.log.failure("cannot start consuming; trying again", failure)
         # The link comes back by itself; start again when it has.
         self._retry = self._reactor.callLater(0.5, self._begin)
+
+    # Reloading
+
+    def reload(self) -> None:
+        """
+        SIGHUP: read the configuration again and apply what can change
+        while the daemon runs (L{goophry_tx.reload}).  systemd hears
+        C{RELOADING=1} before and C{READY=1} after.
+        """
+        if self.phase in (Phase.STOPPING, Phase.IDLE):
+            self.log.info("not reloading the configuration: the daemon is stopping")
+            return
+        # Before the consumers start, the start's READY=1 is still to come.
+        consuming = self.phase is Phase.CONSUMING
+        if consuming:
+            self.systemd.reloading()
+        change = read_again(self.config)
+        if change is not None:
+            self._apply(change)
+        if consuming:
+            self.status.ready()
+
+    def _apply(self, change: ConfigChange) -> None:
+        """Apply a reload's change to the parts that read each setting."""
+        config = self.config = change.config
+        self.runner.output_limit = config.output_limit
+        self.runner.kill_grace = config.kill_grace
+        self.notifier.script = config.error_script
+        self.notifier.timeout = config.error_script_timeout
+        self.notifier.queue_size = config.error_queue_size
+        self.store.failed_ttl = config.failed_tasks_ttl
+        self.outcomes.configure(config.tasks)
+        changed = {t.type: t for t in change.changed}
+        for consumer in self.consumers:
+            if consumer.task_type.type in changed:
+                consumer.reconfigure(changed[consumer.task_type.type])
+        for name in change.removed:
+            self._remove_type(name)
+        for task_type in change.added:
+            self._add_type(task_type)
+        self.heartbeat.add_types(t.type for t in change.added)
+
+    def _add_type(self, task_type: TaskType) -> None:
+        """Start taking entries of a type a reload added, on a link of its own."""
+        name = task_type.type
+        # A type added again keeps its counters.
+        self.counters.setdefault(name, TypeCounters())
+        self._takers[name] = self._taking_link()
+        consumer = self._consumer(task_type)
+        self.consumers.append(consumer)
+        if self.phase is not Phase.CONSUMING:
+            # The start starts it with the others.
+            return
+        # A consumer of this type that a reload removed may still run
+        # scripts: the new one would put their in-flight entries back.
+        earlier = [c.stop() for c in self._retiring if c.task_type.type == name]
+        DeferredList(earlier).addCallback(self._start_added, consumer)
+
+    def _start_added(self, _: object, consumer: Consumer) -> None:
+        if self.phase is Phase.CONSUMING and consumer in self.consumers:
+            consumer.start(self.take)
+
+    def _remove_type(self, name: str) -> None:
+        """
+        Stop taking entries of a type a reload removed; its running scripts
+        finish and their outcomes are written, then its link goes.
+        """
+        [consumer] = [c for c in self.consumers if c.task_type.type == name]
+        self.consumers.remove(consumer)
+        self._retiring.append(consumer)
+        link = self._takers.pop(name)
+        d = consumer.stop().addCallback(self._retired, consumer, link)
+        d.addErrback(lambda f: self.log.failure("cannot close the link of {type}", f, type=name))
+
+    def _retired(self, _: object, consumer: Consumer, link: RedisLink) -> Deferred[None]:
+        self._retiring.remove(consumer)
+        done: Deferred[None] = link.disownServiceParent()
+        return done
 
     def stopService(self) -> Deferred[None]:
         """
@@ -346,7 +447,7 @@ class GoophryService(MultiService):
             return d
         self.log.info(
             "stopping: no more entries taken; waiting for {running} running scripts",
-            running=sum(c.running for c in self.consumers),
+            running=sum(c.running for c in [*self.consumers, *self._retiring]),
         )
         self.phase = Phase.STOPPING
         if self._retry is not None and self._retry.active():
@@ -355,7 +456,7 @@ class GoophryService(MultiService):
         if self._starting is not None:
             self._starting.cancel()
         self.systemd.stopping()
-        stopped = DeferredList([c.stop() for c in self.consumers])
+        stopped = DeferredList([c.stop() for c in [*self.consumers, *self._retiring]])
         timer = None
         if self.config.shutdown_timeout > 0:
             timer = self._reactor.callLater(

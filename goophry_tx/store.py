@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
 from goophry_tx.redis import Command, IRedisLink, Retry
-from goophry_tx.task import InvalidEntry, Task, failed_entry
+from goophry_tx.task import InvalidEntry, Task, failed_entry, payload_text
 
 # Removes each finished entry (ARGV) once from the in-flight list (KEYS[1]).
 REMOVE_SCRIPT = """
@@ -51,7 +51,8 @@ class OutcomeStore:
         self._link = link
         self._keys = keys
         self._instance = instance
-        self._failed_ttl = failed_ttl
+        # Read at each failure: a reload changes it.
+        self.failed_ttl = failed_ttl
         self._clock = clock
         self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
@@ -114,11 +115,11 @@ class OutcomeStore:
                 return
             self.log.error(
                 "cannot remove finished {type} entries from {key}: {error}; they stay "
-                "there, to run again when this instance is gone: {payloads!r}",
+                "there, to run again when this instance is gone: {payloads}",
                 type=task_type,
                 key=inflight,
                 error=failure.getErrorMessage(),
-                payloads=payloads,
+                payloads=[payload_text(payload) for payload in payloads],
             )
             written(None)
 
@@ -128,11 +129,11 @@ class OutcomeStore:
         """Move an entry to its failed list (or log it in full if none is kept)."""
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
         record = failed_entry(task, error)
-        if self._failed_ttl > 0:
+        if self.failed_ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [
                 ("RPUSH", failed, record),
-                ("EXPIRE", failed, self._failed_ttl),
+                ("EXPIRE", failed, self.failed_ttl),
             ]
         else:
             self.log.warn(
@@ -184,10 +185,10 @@ class OutcomeStore:
             # outcome may be half written, so it is logged in full here.
             self.log.error(
                 "cannot record the outcome of a {type} entry in Redis: {error}; "
-                "entry {payload!r}, outcome {record}",
+                "entry {payload}, outcome {record}",
                 type=task_type,
                 error=failure.getErrorMessage(),
-                payload=payload,
+                payload=payload_text(payload),
                 record=(record or b"").decode("utf-8", "replace") or "(none)",
             )
             self._forget(task_type, payload, done)

@@ -34,6 +34,14 @@ class InvalidEntry:
     reason: str
 
 
+def payload_text(payload: bytes) -> str:
+    """
+    An entry as text, for logs and messages: what a reader wants to see, not
+    a Python bytes repr; bytes that are not UTF-8 are shown as C{\\xff}.
+    """
+    return payload.decode("utf-8", "backslashreplace")
+
+
 def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
     """Decode one queue entry, C{{"Args":["p1","p2"]}}."""
 
@@ -194,7 +202,7 @@ def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:
         record = {
             "Args": None,
             "ErrorMessage": error,
-            "Payload": task.payload.decode("utf-8", "backslashreplace"),
+            "Payload": payload_text(task.payload),
         }
         try:
             task.payload.decode("utf-8")

@@ -192,8 +192,9 @@ class ScriptRunner:
         """
         self._spawner = spawner
         self._clock = clock
-        self._output_limit = output_limit
-        self._kill_grace = kill_grace
+        # Read at each run: a reload changes them for the next ones.
+        self.output_limit = output_limit
+        self.kill_grace = kill_grace
 
     def run(self, script: str, args: tuple[str, ...], timeout: float = 0.0) -> RunningScript:
         """
@@ -203,8 +204,8 @@ class ScriptRunner:
         @param timeout: seconds after which the script's group gets SIGTERM,
             then SIGKILL after the grace; 0 for none.
         """
-        run = RunningScript(self._clock, self._clock.seconds(), self._kill_grace, script)
-        protocol = _ScriptProtocol(run, self._output_limit)
+        run = RunningScript(self._clock, self._clock.seconds(), self.kill_grace, script)
+        protocol = _ScriptProtocol(run, self.output_limit)
         run.protocol = protocol
         try:
             transport = self._spawner.spawnProcess(protocol, script, [script, *args])
