@@ -256,8 +256,9 @@ def test_the_second_signal_and_the_exit_status_are_set_up_at_start() -> None:
     t = tree()
     t.service.startService()
     assert t.reactor.triggers == [("after", "shutdown")]
-    # The signal handlers are wrapped, and the start announced, once the reactor runs.
-    assert len(t.reactor.when_running) == 2
+    # Once the reactor runs: SIGTERM's and SIGINT's handlers are wrapped,
+    # SIGHUP's installed, and the start announced.
+    assert len(t.reactor.when_running) == 3
 
 
 # --------------------------------------------------------------------------
