@@ -247,6 +247,14 @@ class GoophryService(MultiService):
             self.outcomes.abandoned,
         )
 
+    @property
+    def _working(self) -> list[Consumer]:
+        """
+        The consumers with work in hand: those of the configured types, and
+        those of types a reload removed whose scripts still run.
+        """
+        return [*self.consumers, *self._retiring]
+
     def _consumer(self, task_type: TaskType) -> Consumer:
         return Consumer(
             task_type=task_type,
@@ -293,7 +301,7 @@ class GoophryService(MultiService):
     def _stop_scripts(self, why: str) -> None:
         """Stop the running scripts now; their entries go back to their queues."""
         self.log.info("{why}: stopping the running scripts now", why=why)
-        for consumer in [*self.consumers, *self._retiring]:
+        for consumer in self._working:
             consumer.stop_scripts()
 
     def _begin(self) -> None:
@@ -341,7 +349,7 @@ class GoophryService(MultiService):
 
     def _status(self) -> str:
         """What C{systemctl status} shows: C{"3 types, 5 running"}."""
-        running = sum(c.running for c in [*self.consumers, *self._retiring])
+        running = sum(c.running for c in self._working)
         if self.phase is Phase.STOPPING:
             return f"stopping, {running} running"
         types = f"{len(self.consumers)} types"
@@ -447,7 +455,7 @@ class GoophryService(MultiService):
             return d
         self.log.info(
             "stopping: no more entries taken; waiting for {running} running scripts",
-            running=sum(c.running for c in [*self.consumers, *self._retiring]),
+            running=sum(c.running for c in self._working),
         )
         self.phase = Phase.STOPPING
         if self._retry is not None and self._retry.active():
@@ -456,7 +464,7 @@ class GoophryService(MultiService):
         if self._starting is not None:
             self._starting.cancel()
         self.systemd.stopping()
-        stopped = DeferredList([c.stop() for c in [*self.consumers, *self._retiring]])
+        stopped = DeferredList([c.stop() for c in self._working])
         timer = None
         if self.config.shutdown_timeout > 0:
             timer = self._reactor.callLater(

@@ -11,8 +11,11 @@ and ask the stats server over HTTP(S).
 from __future__ import annotations
 
 import http.client
+import os
+import socket
 import ssl
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from tests.helpers import (
     wait_started,
 )
 
-__all__ = ["STARTED", "Goophry", "http_get", "stats_when"]
+__all__ = ["STARTED", "Goophry", "http_get", "next_message", "stats_when"]
 
 
 def stats_when(
@@ -81,3 +84,19 @@ def goophry(
 def stats_address() -> str:
     """A free C{127.0.0.1:port} for StatsInterface."""
     return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket of the test's own, as systemd would make (short path)."""
+    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
+        path = os.path.join(folder, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            yield sock, path
+
+
+def next_message(sock: socket.socket, timeout: float = 15.0) -> str:
+    """The next datagram on C{sock}, waiting at most C{timeout} seconds."""
+    sock.settimeout(timeout)
+    return sock.recv(4096).decode()

@@ -16,11 +16,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import DaemonProcess, daemon_env, shell_wait_for, wait_for
-from tests.integration.conftest import Goophry, stats_when
-from tests.integration.test_systemd_notify import next_message, notify_socket
+from tests.integration.conftest import Goophry, next_message, stats_when
 from tests.integration.test_workers import _events, _max_overlap
-
-__all__ = ["notify_socket"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

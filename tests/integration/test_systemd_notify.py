@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import DaemonProcess, RedisServer, wait_for
-from tests.integration.conftest import STARTED, Goophry
+from tests.integration.conftest import STARTED, Goophry, next_message
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket of the test's own, as systemd would make (short path)."""
-    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
-        path = os.path.join(folder, "notify")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(path)
-            yield sock, path
 
 
 def pending(sock: socket.socket) -> list[str]:
@@ -38,11 +26,6 @@ def pending(sock: socket.socket) -> list[str]:
         return messages
     finally:
         sock.setblocking(True)
-
-
-def next_message(sock: socket.socket, timeout: float = 15.0) -> str:
-    sock.settimeout(timeout)
-    return sock.recv(4096).decode()
 
 
 @pytest.mark.parametrize("how", ["cli", "twistd"])
