@@ -97,6 +97,13 @@ def notify_socket() -> Iterator[tuple[socket.socket, str]]:
 
 
 def next_message(sock: socket.socket, timeout: float = 15.0) -> str:
-    """The next datagram on C{sock}, waiting at most C{timeout} seconds."""
+    """
+    The next datagram on C{sock} that is not a lone C{STATUS=} line (those
+    come every few seconds while scripts run), waiting at most C{timeout}
+    seconds for each.
+    """
     sock.settimeout(timeout)
-    return sock.recv(4096).decode()
+    while True:
+        message = sock.recv(4096).decode()
+        if not message.startswith("STATUS=") or "\n" in message:
+            return message
