@@ -20,11 +20,14 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, split_host_port
 from goophry_tx.consumer import Consumer
+from goophry_tx.dashboard.history import HistoryWriter
+from goophry_tx.dashboard.resource import DashboardResource, StatsRouter
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
 from goophry_tx.recovery import Abandoned, Heartbeat
@@ -100,6 +103,9 @@ class GoophryService(MultiService):
             return new
 
         self.control = link("control")
+        #: Per-minute counts of the outcomes, for every dashboard on this Redis.
+        self.history = HistoryWriter(self.control, self.keys, reactor)
+        self.history.setServiceParent(self)
         self._takers = {t.type: link(f"take:{index}") for index, t in enumerate(config.tasks)}
         self._instance = instance
         self.instance = instance or ""
@@ -125,7 +131,21 @@ class GoophryService(MultiService):
             endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
         else:
             endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
-        resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
+        resource: Resource = StatsResource(
+            self.stats, config.stats_pattern, config.metrics_pattern
+        )
+        if config.dashboard_pattern:
+            dashboard = DashboardResource(
+                self.control,
+                self.keys,
+                [t.type for t in config.tasks],
+                self._reactor,
+                config.dashboard_pattern,
+                config.dashboard_token,
+            )
+            resource = StatsRouter(
+                resource, config.metrics_pattern, dashboard, config.dashboard_pattern
+            )
         site = Site(resource)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
@@ -201,6 +221,13 @@ class GoophryService(MultiService):
         )
         for warning in config.warnings:
             self.log.warn("{warning}", warning=warning)
+        if config.stats_interface and config.dashboard_pattern:
+            scheme = "https" if config.stats_tls_cert_file else "http"
+            self.log.info(
+                "dashboard at {url} ({access})",
+                url=f"{scheme}://{config.stats_interface}{config.dashboard_pattern}",
+                access="read-only" if config.dashboard_token is None else "writes need the token",
+            )
         self._started = Deferred()
         self._stopping = False
         self._stopped_cleanly = False
