@@ -59,6 +59,8 @@ class HistoryWriter(TimerService):
         self, link: RedisLink, keys: Keys, clock: IReactorTime, interval: float = FLUSH_INTERVAL
     ) -> None:
         super().__init__(interval, self.flush)
+        # TimerService's own clock: the injected one, not the global reactor.
+        self.clock = clock
         self._now = clock.seconds
         self._link = link
         self._keys = keys
