@@ -348,7 +348,8 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         # Its pages live below it, so it is always a subtree pattern.
         if not dashboard_pattern.startswith("/") or not dashboard_pattern.endswith("/"):
             raise reader.fail(
-                "DashboardPattern", f'must start and end with "/", got {_describe(dashboard_pattern)}'
+                "DashboardPattern",
+                f'must start and end with "/", got {_describe(dashboard_pattern)}',
             )
         if dashboard_pattern in (stats_pattern, metrics_pattern):
             raise reader.fail(

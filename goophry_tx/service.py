@@ -131,9 +131,7 @@ class GoophryService(MultiService):
             endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
         else:
             endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
-        resource: Resource = StatsResource(
-            self.stats, config.stats_pattern, config.metrics_pattern
-        )
+        resource: Resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
         if config.dashboard_pattern:
             dashboard = DashboardResource(
                 self.control,
