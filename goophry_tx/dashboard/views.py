@@ -86,7 +86,7 @@ def shown_args(raw: bytes) -> Flattenable:
 
 def when(seconds: float | None) -> Flattenable:
     if seconds is None:
-        return tags.span("unknown", class_="muted")
+        return tags.span("—", class_="muted", title="not recorded")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
     return tags.time(
         stamp + " UTC", datetime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -11,14 +11,15 @@
   var timer = null;
   var busy = false;
 
-  // Someone typing, choosing or reading an opened error is not interrupted.
+  // Someone typing, about to press a button, or reading an opened error is
+  // not interrupted.
   function interacting() {
     var active = document.activeElement;
     if (active && active !== document.body && main.contains(active) &&
         /^(INPUT|SELECT|TEXTAREA|BUTTON|SUMMARY)$/.test(active.tagName)) {
       return true;
     }
-    return main.querySelector("details[open]") !== null;
+    return main.querySelector("details[open], form:hover") !== null;
   }
 
   function refresh() {
@@ -36,7 +37,9 @@
       .then(function (text) {
         var page = new DOMParser().parseFromString(text, "text/html");
         var fresh = page.getElementById("main");
-        if (fresh) {
+        // Nodes are replaced only when something changed: a button under
+        // the pointer stays the same button.
+        if (fresh && fresh.innerHTML !== main.innerHTML) {
           main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
           document.title = page.title;
           document.body.classList.remove("stale");
