@@ -141,9 +141,8 @@ class GoophryService(MultiService):
                 config.dashboard_pattern,
                 config.dashboard_token,
             )
-            resource = StatsRouter(
-                resource, config.metrics_pattern, dashboard, config.dashboard_pattern
-            )
+            others = [config.stats_pattern, config.metrics_pattern]
+            resource = StatsRouter(resource, others, dashboard, config.dashboard_pattern)
         site = Site(resource)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]

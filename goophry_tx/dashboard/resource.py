@@ -170,6 +170,8 @@ class DashboardResource(Resource):
     def _respond(self, request: Request, work: Coroutine[Any, Any, Flattenable | None]) -> int:
         """Run C{work}; write the page it makes (or the refusal it raises) when it is done."""
         gone: list[bool] = []
+        # The browser went away (a refresh overtaken by a click): nothing is
+        # wrong, there is only no one left to answer.
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         async def answer() -> bytes:
@@ -408,31 +410,32 @@ class DashboardResource(Resource):
 class StatsRouter(Resource):
     """
     Sends what is at or below C{DashboardPattern} to the dashboard and the
-    rest to the stats resource, as Go's mux would (the longer pattern wins).
+    rest to the stats resource, as Go's mux would: the longest matching
+    pattern wins, C{others} being the patterns the stats resource serves.
     """
 
     isLeaf = True
 
     def __init__(
-        self, stats: Resource, metrics_pattern: str, dashboard: Resource, pattern: str
+        self, stats: Resource, others: Sequence[str], dashboard: Resource, pattern: str
     ) -> None:
         super().__init__()
         self._stats = stats
-        self._metrics_pattern = metrics_pattern
+        self._others = list(others)
         self._dashboard = dashboard
         self._pattern = pattern
 
     def render(self, request: Request) -> bytes | int:
         path = unquote((request.path or b"/").decode("utf-8", "replace"))
-        if clean_path(path) == path and pattern_matches(self._pattern, path):
-            metrics = pattern_matches(self._metrics_pattern, path)
-            if not (metrics and len(self._metrics_pattern) > len(self._pattern)):
-                result: bytes | int = self._dashboard.render(request)
-                return result
-        if path == self._pattern[:-1]:
+        if clean_path(path) != path:
+            # The stats resource redirects to the clean path, as it did before.
+            return self._stats.render(request)  # type: ignore[no-any-return]
+        longest = max((p for p in self._others if pattern_matches(p, path)), key=len, default="")
+        if pattern_matches(self._pattern, path) and len(self._pattern) > len(longest):
+            return self._dashboard.render(request)  # type: ignore[no-any-return]
+        if path == self._pattern[:-1] and path not in self._others:
             # As Go's mux does for a subtree pattern asked without its slash.
             request.setResponseCode(301)
             request.setHeader(b"location", quote(self._pattern).encode("ascii"))
             return b""
-        result = self._stats.render(request)
-        return result
+        return self._stats.render(request)  # type: ignore[no-any-return]

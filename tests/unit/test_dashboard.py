@@ -373,7 +373,7 @@ def test_purging_all_needs_the_box_ticked(link: MemoryLink, clock: Clock) -> Non
 def router(link: MemoryLink, clock: Clock, stats_pattern: str = "/") -> StubTreq:
     stats = StatsResource(Stats(clock, ["mail"]), stats_pattern, "/metrics")
     dashboard = DashboardResource(link, KEYS, ["mail"], clock, "/ui/")  # type: ignore[arg-type]
-    return StubTreq(StatsRouter(stats, "/metrics", dashboard, "/ui/"))
+    return StubTreq(StatsRouter(stats, [stats_pattern, "/metrics"], dashboard, "/ui/"))
 
 
 def routed(http: StubTreq, path: str) -> tuple[Any, str]:
@@ -397,6 +397,18 @@ def test_the_dashboard_wins_below_its_pattern(link: MemoryLink, clock: Clock) ->
 def test_stats_keep_their_404(link: MemoryLink, clock: Clock) -> None:
     response, _ = routed(router(link, clock, stats_pattern="/stats"), "/elsewhere")
     assert response.code == 404
+
+
+def test_a_longer_stats_pattern_wins_below_the_dashboard(link: MemoryLink, clock: Clock) -> None:
+    http = router(link, clock, stats_pattern="/ui/stats")
+    assert json.loads(routed(http, "/ui/stats")[1])["TaskCount"] == {"mail": 0}
+    assert "Overview" in routed(http, "/ui/")[1]
+
+
+def test_an_exact_stats_pattern_keeps_its_path(link: MemoryLink, clock: Clock) -> None:
+    http = router(link, clock, stats_pattern="/ui")
+    response, body = routed(http, "/ui")
+    assert response.code == 200 and json.loads(body)["TaskCount"] == {"mail": 0}
 
 
 # Configuration
