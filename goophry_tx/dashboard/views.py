@@ -363,11 +363,14 @@ def _failed_row(context: Context, task_type: str, entry: FailedEntry) -> Tag:
             if rest
             else visible(first)
         )
-        args = (
-            shown_json(entry.args)
-            if entry.args is not None
-            else tags.span(shown_raw(entry.raw), class_="raw")
-        )
+        payload = entry.fields.get("Payload")
+        if entry.invalid and isinstance(payload, str):
+            # Not a task: what the producer pushed is all there is to show.
+            args = tags.span(tags.span("payload ", class_="muted"), visible(payload), class_="raw")
+        elif entry.args is not None:
+            args = shown_json(entry.args)
+        else:
+            args = tags.span(shown_raw(entry.raw), class_="raw")
     actions: list[Flattenable] = []
     if context.access.can_write:
         ref = [("index", str(entry.index)), ("id", entry.id)]

@@ -88,6 +88,7 @@ def link() -> MemoryLink:
             {"Args": HOSTILE, "ErrorMessage": HOSTILE[1] + "\nsecond line", "FailedAt": 1.8e9}
         ).encode(),
         b"not json <b>bold</b>",
+        json.dumps({"Args": None, "ErrorMessage": "invalid", "Payload": "raw <i>x</i>"}).encode(),
     ]
     link.lists["q:mail:inflight:host:1:ab"] = [b'{"Args":["running"]}']
     link.hashes["q:instances"] = {
@@ -148,7 +149,7 @@ def test_overview_shows_each_types_figures(link: MemoryLink, clock: Clock) -> No
     assert "text/html" in response.headers.getRawHeaders("content-type")[0]
     row = page.split('href="/ui/type/mail"', 1)[1].split("</tr>", 1)[0]
     numbers = [cell.split("<", 1)[0] for cell in row.split('class="num')[1:]]
-    assert [n.split(">", 1)[1] for n in numbers] == ["1", "1", "1", "2", "0", "0"]
+    assert [n.split(">", 1)[1] for n in numbers] == ["1", "1", "1", "3", "0", "0"]
     assert "1 instance alive" in page
     assert page.count("<svg") == 2
 
@@ -185,10 +186,11 @@ def test_visible_marks_hidden_characters() -> None:
 
 def test_a_type_page_shows_queue_running_and_failed(link: MemoryLink, clock: Clock) -> None:
     _, page = get(client(link, clock), "type/mail")
-    assert "1 queued" in page and "1 in flight" in page and "2 failed" in page
+    assert "1 queued" in page and "1 in flight" in page and "3 failed" in page
     assert "host:1:ab" in page and "running" in page
     assert "2027-01-15 08:00:00 UTC" in page
     assert "unreadable entry (not JSON)" in page
+    assert "payload </span>raw &lt;i&gt;x&lt;/i&gt;" in page
 
 
 def test_failed_entries_are_paged(link: MemoryLink, clock: Clock) -> None:
