@@ -25,7 +25,7 @@ from goophry_tx.dashboard import views
 from goophry_tx.dashboard.auth import COOKIE, SESSION_LIFETIME, Guard
 from goophry_tx.dashboard.history import read_history
 from goophry_tx.keys import Keys
-from goophry_tx.redis import RedisLink
+from goophry_tx.redis import RedisLink, is_transient
 from goophry_tx.stats import clean_path, pattern_matches
 
 #: Seconds before a wrong token is answered: guessing it is slow.
@@ -194,17 +194,25 @@ class DashboardResource(Resource):
             request.finish()
 
         def failed(failure: Failure) -> None:
-            self.log.failure(
-                "dashboard: {method} {path} failed",
-                failure,
-                method=request.method,
-                path=request.path,
-            )
+            if is_transient(failure):
+                # Redis is away; the daemon's own log already says so.
+                self.log.warn(
+                    "dashboard: {path}: Redis did not answer: {error}",
+                    path=request.path,
+                    error=failure.getErrorMessage(),
+                )
+            else:
+                self.log.failure(
+                    "dashboard: {method} {path} failed",
+                    failure,
+                    method=request.method,
+                    path=request.path,
+                )
             if gone:
                 return
             request.setResponseCode(503)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.write(b"Redis did not answer; see the daemon's log.\n")
+            request.write(b"Redis did not answer; try again in a moment.\n")
             request.finish()
 
         Deferred.fromCoroutine(answer()).addCallbacks(write, failed)

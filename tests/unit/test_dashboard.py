@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.web.template import flattenString
@@ -23,6 +23,7 @@ from goophry_tx.dashboard.resource import (
 )
 from goophry_tx.dashboard.views import visible
 from goophry_tx.keys import Keys
+from goophry_tx.redis import ConnectionError
 from goophry_tx.stats import Stats, StatsResource
 from tests.unit.fakes import assert_no_result, success_result_of
 
@@ -445,3 +446,17 @@ def test_bad_dashboard_settings(settings: dict[str, Any], message: str) -> None:
 def test_history_types_are_reserved() -> None:
     with pytest.raises(ConfigError, match="collide"):
         config(Tasks=[{"Type": "history:1", "Script": "/bin/true"}])
+
+
+def test_redis_away_is_a_503_and_one_line_in_the_log(
+    link: MemoryLink, clock: Clock, logged: list[LogEvent]
+) -> None:
+    def away(*command: Any) -> Deferred[Any]:
+        return fail(ConnectionError("not connected to Redis"))
+
+    link.execute = away  # type: ignore[method-assign]
+    response, body = get(client(link, clock), "")
+    assert response.code == 503
+    assert "try again" in body
+    warnings = [e for e in logged if "Redis did not answer" in e.get("log_format", "")]
+    assert len(warnings) == 1 and "log_failure" not in warnings[0]
