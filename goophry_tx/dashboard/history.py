@@ -48,9 +48,12 @@ class HistoryWriter(TimerService):
     Counts outcomes in memory and adds them to the minute's hash in Redis
     every L{FLUSH_INTERVAL} seconds, and once more when stopped.
 
-    Counts a write could not deliver are kept for the next one; a count is
-    then added to the minute it is written in, not the one it happened in,
-    which a chart of minutes can bear.
+    Counts a write could not deliver are kept for the next one; they are
+    then added to the minute of the latest count, not the one they happened
+    in, which a chart of minutes can bear.
+
+    @param link: the daemon's control link to Redis.
+    @param interval: seconds between two writes.
     """
 
     log = Logger()

@@ -68,6 +68,11 @@ class DashboardResource(Resource):
     """
     Every page and action of the dashboard mounted at C{pattern}; reads
     and writes only through L{goophry_tx.operations}.
+
+    @param link: the daemon's control link to Redis.
+    @param types: the configured task types, in the config's order.
+    @param clock: for sessions and the delay before a wrong token's answer.
+    @param token: C{DashboardToken}; None makes the dashboard read-only.
     """
 
     isLeaf = True

@@ -33,6 +33,9 @@ from goophry_tx.operations import (
 #: Entries shown per page of a failed list, and of a queue's head.
 PAGE_SIZE = 50
 
+#: Seconds between two refreshes of an open page by its script.
+REFRESH_SECONDS = 3
+
 #: Characters shown as their escape: they could hide or reorder the text around them.
 _HIDDEN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
@@ -105,7 +108,11 @@ def badge(text: str, kind: str) -> Tag:
 
 @attrs.frozen
 class Context:
-    """What every page needs besides its data."""
+    """
+    What every page needs besides its data: where the dashboard is mounted
+    (C{base}, ending in C{/}), the key prefix, what the viewer may do, and a
+    line to show after an action.
+    """
 
     base: str
     prefix: str
@@ -119,7 +126,13 @@ class Context:
 
 
 class Page(Element):
-    """The frame of every page: header, navigation, the content, a footer."""
+    """
+    The frame of every page: header, navigation, the content, a footer.
+
+    @param current: the navigation entry to mark (C{overview}, C{instances}).
+    @param content: the page's own part, drawn inside C{<main>}.
+    @param refresh: whether the page's script refreshes it (not a form's page).
+    """
 
     loader = _TEMPLATE
 
@@ -150,7 +163,7 @@ class Page(Element):
     @renderer
     def main(self, request: IRequest | None, tag: Tag) -> Flattenable:
         if self._refresh:
-            tag(**{"data-refresh": "3"})
+            tag(**{"data-refresh": str(REFRESH_SECONDS)})
         if self._context.message:
             tag(tags.p(self._context.message, class_="flash"))
         return tag(self._content)
