@@ -144,7 +144,7 @@ def dashboard(
 
 
 def page_text_when(
-    driver: WebDriver, predicate: Callable[[str], object], timeout: float = 15.0
+    driver: WebDriver, predicate: Callable[[str], object], timeout: float = 30.0
 ) -> str:
     """Wait until the text of the page in the browser satisfies C{predicate}; that text."""
     seen = [""]

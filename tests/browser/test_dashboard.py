@@ -17,6 +17,10 @@ from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
+#: Seconds to wait for what a daemon and a browser do, on a loaded machine.
+WAIT = 30.0
+
+
 HOSTILE = [
     "<script>document.title='owned'</script>",
     '"><img src=x onerror="document.title=\'owned\'">',
@@ -38,7 +42,7 @@ def click(driver: WebDriver, xpath: str, within: str = "//main") -> None:
             return False
         return True
 
-    wait_for(clicked, 10, 0.1, message=f"a click on {xpath}")
+    wait_for(clicked, WAIT, 0.1, message=f"a click on {xpath}")
 
 
 def log_in(driver: WebDriver, dashboard: Dashboard, token: str = TOKEN) -> None:
@@ -59,7 +63,7 @@ def row(driver: WebDriver, task_type: str) -> list[str]:
         except WebDriverException:  # a refresh replaced it
             return None
 
-    figures: list[str] = wait_for(read, 10, 0.1, message=f"the row of {task_type}")
+    figures: list[str] = wait_for(read, WAIT, 0.1, message=f"the row of {task_type}")
     return figures
 
 
@@ -88,8 +92,8 @@ def test_the_overview_counts_what_was_pushed(browser: WebDriver, dashboard: Dash
     for n in range(3):
         g.push_args("slow", str(n))
     g.push_args("flaky", "a")
-    g.wait_failed("flaky")
-    wait_for(lambda: g.llen(g.queue("slow")) == 2, message="one slow task taken")
+    g.wait_failed("flaky", 1, timeout=WAIT)
+    wait_for(lambda: g.llen(g.queue("slow")) == 2, WAIT, message="one slow task taken")
     browser.get(dashboard.url)
     # Queued, Running, In flight, Failed.
     assert row(browser, "slow")[:4] == ["2", "1", "1", "0"]
@@ -98,7 +102,7 @@ def test_the_overview_counts_what_was_pushed(browser: WebDriver, dashboard: Dash
     # The page refreshes itself: more pushed shows without a reload.
     for n in range(3, 7):
         g.push_args("slow", str(n))
-    wait_for(lambda: row(browser, "slow")[0] == "6", 15, 0.2, message="the overview refreshed")
+    wait_for(lambda: row(browser, "slow")[0] == "6", WAIT, 0.2, message="the overview refreshed")
     (g.tmp_path / "release").touch()
 
 
@@ -108,7 +112,7 @@ def test_a_failed_entry_retried_with_its_button_runs_again(
     g = dashboard.goophry
     g.push_args("flaky", "first")
     g.push_args("flaky", "second")
-    g.wait_failed("flaky", 2)
+    g.wait_failed("flaky", 2, timeout=WAIT)
     log_in(browser, dashboard)
     browser.get(dashboard.url + "type/flaky")
     page_text_when(browser, lambda text: "Failed: 2" in text)
@@ -116,7 +120,7 @@ def test_a_failed_entry_retried_with_its_button_runs_again(
     click(browser, "//tr[td[contains(., 'first')]]//button[text()='Retry']")
     page_text_when(browser, lambda text: "Retried 1." in text)
     ran = g.tmp_path / "flaky.log"
-    wait_for(lambda: ran.read_text().split() == ["first", "second", "first"], message="ran again")
+    wait_for(lambda: ran.read_text().split() == ["first", "second", "first"], WAIT, message="ran")
     assert [e["Args"] for e in g.failed("flaky")] == [["second"]]
 
 
@@ -144,11 +148,11 @@ def test_producer_data_is_shown_as_text_and_nothing_runs(
     g = dashboard.goophry
     g.push("flaky", json.dumps({"Args": HOSTILE}))
     g.push("flaky", HOSTILE[0].encode())
-    g.wait_failed("flaky", 2)
+    g.wait_failed("flaky", 2, timeout=WAIT)
     g.redis.cli("SADD", f"{g.key}:paused", "slow")
     (g.tmp_path / "release").touch()
     g.push("slow", json.dumps({"Args": ["hold"]}))
-    wait_for(lambda: g.llen(g.queue("slow")) == 0)
+    wait_for(lambda: g.llen(g.queue("slow")) == 0, WAIT)
     # The daemon does not pause on this branch's own: keep an entry queued by hand.
     g.redis.cli("LPUSH", g.queue("slow"), json.dumps({"Args": HOSTILE}))
     for page in ("type/flaky", "type/slow", ""):
@@ -207,7 +211,7 @@ def test_the_dashboard_works_with_javascript_off(
     browser = browser_without_js
     g = dashboard.goophry
     g.push_args("flaky", "nojs")
-    g.wait_failed("flaky")
+    g.wait_failed("flaky", 1, timeout=WAIT)
     (g.tmp_path / "pass").touch()
     log_in(browser, dashboard)
     browser.get(dashboard.url)
@@ -215,11 +219,11 @@ def test_the_dashboard_works_with_javascript_off(
     browser.find_element(By.LINK_TEXT, "flaky").click()
     click(browser, "//button[starts-with(text(), 'Retry all')]")
     page_text_when(browser, lambda text: "Retried 1." in text)
-    wait_for(lambda: (g.tmp_path / "flaky.log").read_text().split() == ["nojs", "nojs"])
+    wait_for(lambda: (g.tmp_path / "flaky.log").read_text().split() == ["nojs", "nojs"], WAIT)
     # Purging needs its box ticked; without script the browser checks that itself.
     g.push_args("flaky", "x")
     (g.tmp_path / "pass").unlink()
-    g.wait_failed("flaky")
+    g.wait_failed("flaky", 1, timeout=WAIT)
     browser.get(dashboard.url + "type/flaky")
     browser.find_element(By.NAME, "confirm").click()
     click(browser, "//button[starts-with(text(), 'Purge all')]")
@@ -259,8 +263,8 @@ def test_screenshots_of_every_page(browser: WebDriver, dashboard: Dashboard) -> 
     for n in range(4):
         g.push_args("flaky", f"https://example.com/hook/{n}", "--retries=3")
     g.push("flaky", b"not json at all")
-    g.wait_failed("flaky", 5)
-    wait_for(lambda: g.llen(g.queue("slow")) == 2)
+    g.wait_failed("flaky", 5, timeout=WAIT)
+    wait_for(lambda: g.llen(g.queue("slow")) == 2, WAIT)
     g.redis.cli("SADD", f"{g.key}:paused", "slow")
     # What a daemon killed with SIGKILL leaves: its record, no heartbeat.
     record = {"host": "worker-2", "pid": 4242, "started": time.time() - 7200, "types": ["quick"]}
