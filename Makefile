@@ -5,6 +5,7 @@
 #   make lint    ruff (lint + format check) and mypy --strict on the package
 #   make test    lint, then the whole test suite in parallel
 #   make bench   the benchmark (bench/)
+#   make screenshots  the dashboard screenshots in docs/screenshots/ (headless Chromium)
 #   make clean   remove caches and build output (keeps .venv; `make distclean` removes it)
 
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ PYTEST_ARGS ?= -n auto -q
 # Only the directories that exist (bench/ may not be written yet).
 LINT_PATHS := $(wildcard goophry_tx tests bench)
 
-.PHONY: venv run lint test check-redis bench clean distclean
+.PHONY: venv run lint test check-redis bench screenshots clean distclean
 
 venv: $(STAMP)
 
@@ -51,6 +52,12 @@ check-redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	    echo "redis-server is not installed: sudo apt-get install redis-server" \
 	         "(bash .ci/run installs it itself)" >&2; exit 1; }
+
+# The dashboard's screenshots that README.rst shows (the browser tests save
+# them to build/screenshots/ on every run).
+screenshots: venv check-redis
+	GOOPHRY_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -n 0 -m browser \
+	    tests/browser/test_dashboard.py::test_screenshots_of_every_page
 
 bench: venv check-redis
 	$(BIN)/python -m bench

@@ -78,6 +78,7 @@ Goophry is starting with $config (Ctrl-C stops it). In another terminal:
   a failing task:  redis-cli RPUSH goophry:fail '{"Args":["oops"]}'
                    redis-cli LRANGE goophry:fail:failed 0 -1
   read the stats:  curl http://127.0.0.1:8080/
+  the dashboard:   http://127.0.0.1:8080/ui/ (read-only; set DashboardToken to act)
 
 EOF
 

@@ -64,6 +64,8 @@ class Config:
     stats_tls_cert_file: str | None = None
     stats_tls_key_file: str | None = None
     metrics_pattern: str = "/metrics"
+    dashboard_pattern: str | None = None
+    dashboard_token: str | None = attrs.field(default=None, repr=False)
     output_limit: int = 65536
     shutdown_timeout: float = 0.0
     kill_grace: float = 5.0
@@ -97,6 +99,8 @@ _TOP_KEYS = (
     "StatsTLSCertFile",
     "StatsTLSKeyFile",
     "MetricsPattern",
+    "DashboardPattern",
+    "DashboardToken",
     "OutputLimit",
     "ShutdownTimeout",
     "KillGrace",
@@ -385,6 +389,20 @@ def parse_config(source: str, data: Any, base: str) -> Config:
     if metrics_pattern == stats_pattern:
         raise reader.fail("MetricsPattern", f"is StatsPattern too: {_describe(stats_pattern)}")
 
+    dashboard_pattern = reader.get("DashboardPattern", _string, "") or None
+    if dashboard_pattern is not None:
+        # Its pages live below it, so it is always a subtree pattern.
+        if not dashboard_pattern.startswith("/") or not dashboard_pattern.endswith("/"):
+            raise reader.fail(
+                "DashboardPattern",
+                f'must start and end with "/", got {_describe(dashboard_pattern)}',
+            )
+        if dashboard_pattern in (stats_pattern, metrics_pattern):
+            raise reader.fail(
+                "DashboardPattern", f"is already served: {_describe(dashboard_pattern)}"
+            )
+    dashboard_token = reader.get("DashboardToken", _secret, "") or None
+
     cert = reader.get("StatsTLSCertFile", _string, "") or None
     key = reader.get("StatsTLSKeyFile", _string, "") or None
     if (cert is None) != (key is None):
@@ -418,6 +436,8 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         stats_tls_cert_file=cert,
         stats_tls_key_file=key,
         metrics_pattern=metrics_pattern,
+        dashboard_pattern=dashboard_pattern,
+        dashboard_token=dashboard_token,
         output_limit=reader.get("OutputLimit", _positive_integer, 65536),
         shutdown_timeout=reader.get("ShutdownTimeout", _seconds, 0.0),
         kill_grace=reader.get("KillGrace", _seconds, 5.0),

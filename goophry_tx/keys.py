@@ -21,6 +21,8 @@ FAILED = ":failed"
 INFLIGHT = ":inflight:"
 #: After the prefix: the set of paused task types (and its pub/sub channel).
 PAUSED = "paused"
+#: After the prefix: the start of the dashboard's per-minute history keys.
+HISTORY = "history:"
 
 #: Lua that names keys as L{Keys} does, from the four parts of
 #: L{Keys.script_layout} in C{ARGV[1]} to C{ARGV[4]}; a script that starts
@@ -40,7 +42,7 @@ def reserved_type(task_type: str) -> bool:
     """
     return (
         task_type in (INSTANCES, PAUSED)
-        or task_type.startswith(HEARTBEAT)
+        or task_type.startswith((HEARTBEAT, HISTORY))
         or INFLIGHT in task_type
         or task_type.endswith((FAILED, INFLIGHT.rstrip(":")))
     )

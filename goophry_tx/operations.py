@@ -644,3 +644,30 @@ async def inflight(
         for (r, t), raws in zip(lists, contents, strict=True)
         for position, raw in enumerate(raws)
     ]
+
+
+# The head of a queue
+
+
+@attrs.frozen
+class QueueHead:
+    """The first entries of a queue, as pushed, and how many it holds in all."""
+
+    type: str
+    total: int
+    entries: tuple[bytes, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "total": self.total,
+            "entries": [e.decode("utf-8", "backslashreplace") for e in self.entries],
+        }
+
+
+@_deferred
+async def queue_head(link: RedisLink, keys: Keys, task_type: str, limit: int) -> QueueHead:
+    """The first C{limit} entries of a type's queue: those taken next."""
+    key = keys.queue(task_type)
+    total, raws = await _each(link, [("LLEN", key), ("LRANGE", key, 0, limit - 1)])
+    return QueueHead(task_type, int(total), tuple(raws))

@@ -10,7 +10,7 @@ of dead instances only say what happened.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, get_args
 
 from twisted.logger import Logger
@@ -114,6 +114,10 @@ class TypeCounters:
             self.failed += 1
 
 
+def _no_history(task_type: str, what: str) -> None:
+    """No history kept (no dashboard, or a test)."""
+
+
 def type_counters(types: Iterable[str]) -> dict[str, TypeCounters]:
     """Counters from zero for each task type."""
     return {task_type: TypeCounters() for task_type in types}
@@ -134,6 +138,7 @@ class OutcomeRecorder:
         counters: Mapping[str, TypeCounters],
         store: OutcomeStore,
         notifier: ErrorNotifier,
+        history: Callable[[str, str], None] | None = None,
         verbose: bool = False,
     ) -> None:
         self._scripts = {t.type: t.script for t in tasks}
@@ -141,6 +146,9 @@ class OutcomeRecorder:
         self.counters = counters
         self._store = store
         self._notifier = notifier
+        #: Told C{(type, "started" | "succeeded" | "failed")} per outcome, for
+        #: the dashboard's per-minute history.
+        self._history = history or _no_history
         self._verbose = verbose
 
     def configure(self, tasks: Iterable[TaskType]) -> None:
@@ -162,6 +170,7 @@ class OutcomeRecorder:
         counters = self.counters[task.type]
         counters.started += 1
         counters.running += 1
+        self._history(task.type, "started")
         if self._verbose:
             self.log.info(
                 "task {type} started: {script} {args}",
@@ -176,6 +185,7 @@ class OutcomeRecorder:
         counters.running -= 1
         counters.observe(outcome.duration)
         counters.succeeded += 1
+        self._history(task.type, "succeeded")
         if self._verbose:
             self.log.info(
                 "task {type} done in {duration:.3f}s: {args}",
@@ -191,6 +201,7 @@ class OutcomeRecorder:
         counters.running -= 1
         counters.observe(outcome.duration)
         counters.failed_with(failure_reason(outcome))
+        self._history(task.type, "failed")
         script = self._scripts[task.type]
         error = outcome.error_message()
         self.log.warn(
@@ -226,6 +237,7 @@ class OutcomeRecorder:
     def invalid(self, entry: InvalidEntry) -> None:
         """An entry that is not a task: stored as failed, with its payload."""
         self.counters[entry.type].failed_with("invalid")
+        self._history(entry.type, "failed")
         self.log.warn(
             "{type}: {reason}; entry: {payload}",
             type=entry.type,
@@ -256,6 +268,7 @@ class OutcomeRecorder:
         counters = self.counters.get(abandoned.type)
         if counters is not None:
             counters.failed_with("abandoned")
+            self._history(abandoned.type, "failed")
         self._store.failed(entry, error)
         args = entry.args if isinstance(entry, Task) else ()
         self._notifier.notify(self._scripts.get(abandoned.type) or abandoned.type, args, error)

@@ -27,11 +27,14 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, TaskType, split_host_port
 from goophry_tx.consumer import AtomicTake, Consumer, TakeFactory, take_strategy
+from goophry_tx.dashboard.history import HistoryWriter
+from goophry_tx.dashboard.resource import DashboardResource, StatsRouter
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
 from goophry_tx.notify import StatusService, SystemdNotifier
@@ -135,6 +138,9 @@ class GoophryService(MultiService):
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
 
         self.control = self._link("control")
+        #: Per-minute counts of the outcomes, for every dashboard on this Redis.
+        self.history = HistoryWriter(self.control, self.keys, reactor)
+        self.history.setServiceParent(self)
         #: How many taking links were made: each has a number of its own.
         self._taker_count = 0
         self._takers = {t.type: self._taking_link() for t in config.tasks}
@@ -199,7 +205,18 @@ class GoophryService(MultiService):
             endpoint = endpoints.TCP6ServerEndpoint(self._reactor, port, interface=host)
         else:
             endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
-        resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
+        resource: Resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
+        if config.dashboard_pattern:
+            dashboard = DashboardResource(
+                self.control,
+                self.keys,
+                [t.type for t in config.tasks],
+                self._reactor,
+                config.dashboard_pattern,
+                config.dashboard_token,
+            )
+            others = [config.stats_pattern, config.metrics_pattern]
+            resource = StatsRouter(resource, others, dashboard, config.dashboard_pattern)
         site = Site(resource)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
@@ -233,6 +250,7 @@ class GoophryService(MultiService):
             counters=self.counters,
             store=self.store,
             notifier=self.notifier,
+            history=self.history.count,
             verbose=self.verbose,
         )
         self.consumers = [self._consumer(task_type) for task_type in config.tasks]
@@ -297,6 +315,13 @@ class GoophryService(MultiService):
             address=config.redis_address,
             key=config.redis_queue_key,
         )
+        if config.stats_interface and config.dashboard_pattern:
+            scheme = "https" if config.stats_tls_cert_file else "http"
+            self.log.info(
+                "dashboard at {url} ({access})",
+                url=f"{scheme}://{config.stats_interface}{config.dashboard_pattern}",
+                access="read-only" if config.dashboard_token is None else "writes need the token",
+            )
 
     def _stop_scripts(self, why: str) -> None:
         """Stop the running scripts now; their entries go back to their queues."""
