@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from goophry_tx.keys import HISTORY, Keys
-from goophry_tx.redis import Command, RedisLink
+from goophry_tx.redis import Command, ConnectionError, IRedisLink, RedisLink
 
 #: What is counted: a task started, and how it ended.
 WHATS = ("started", "succeeded", "failed")
@@ -43,38 +44,41 @@ def minute_of(seconds: float) -> int:
     return int(seconds // 60)
 
 
-class HistoryWriter(TimerService):
+class HistoryWriter(Service):
     """
     Counts outcomes in memory and adds them to the minute's hash in Redis
-    every L{FLUSH_INTERVAL} seconds, and once more when stopped.
+    at most every L{FLUSH_INTERVAL} seconds, and once more when stopped.
 
-    Counts a write could not deliver are kept for the next one; they are
-    then added to the minute of the latest count, not the one they happened
-    in, which a chart of minutes can bear.
+    The timer runs only while there are counts to write: an idle daemon
+    makes no history write and wakes for none.  Counts a write could not
+    deliver are kept for the next one; they are then added to the minute of
+    the latest count, not the one they happened in, which a chart of
+    minutes can bear.
 
     @param link: the daemon's control link to Redis.
-    @param interval: seconds between two writes.
+    @param interval: the most seconds a count waits before it is written.
     """
 
     log = Logger()
 
     def __init__(
-        self, link: RedisLink, keys: Keys, clock: IReactorTime, interval: float = FLUSH_INTERVAL
+        self, link: IRedisLink, keys: Keys, clock: IReactorTime, interval: float = FLUSH_INTERVAL
     ) -> None:
-        super().__init__(interval, self.flush)
-        # TimerService's own clock: the injected one, not the global reactor.
-        self.clock = clock
+        self._clock = clock
         self._now = clock.seconds
+        self._interval = interval
         self._link = link
         self._keys = keys
         self._counts: Counter[tuple[str, str]] = Counter()
         self._minute: int | None = None
         self._writing: Deferred[None] | None = None
+        self._timer: IDelayedCall | None = None
 
     def count(self, task_type: str, what: str) -> None:
         """
         One more C{what} (one of L{WHATS}) for C{task_type}; called once per
-        outcome, on the hot path, so it only adds to a counter.
+        outcome, on the hot path, so it only adds to a counter (and sets the
+        timer when none is set).
         """
         minute = minute_of(self._now())
         if minute != self._minute and self._counts and self._writing is None:
@@ -82,6 +86,12 @@ class HistoryWriter(TimerService):
             self.flush()
         self._minute = minute
         self._counts[(what, task_type)] += 1
+        if self._timer is None and self.running:
+            self._timer = self._clock.callLater(self._interval, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self.flush()
 
     def flush(self) -> Deferred[None]:
         """Write what was counted since the last write, in one round trip."""
@@ -96,21 +106,29 @@ class HistoryWriter(TimerService):
         commands.append(("EXPIRE", key, TTL))
         d = self._link.transaction(commands)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             # Kept for the next write: a Redis outage loses no count.
             self._counts.update(counts)
-            self.log.failure("could not write the task history to Redis", failure)
+            if not failure.check(ConnectionError):
+                # A lost connection is logged by the link already.
+                self.log.failure("could not write the task history to Redis", failure)
 
         def done(_: object) -> None:
             self._writing = None
+            # Counts made meanwhile, or kept from a failed write, go next.
+            if self._counts and self._timer is None and self.running:
+                self._timer = self._clock.callLater(self._interval, self._due)
 
         written: Deferred[None] = d.addCallbacks(lambda _: None, failed).addBoth(done)
         if not written.called:
             self._writing = written
         return written
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 (Twisted's name)
+    def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         return self.flush()
 
 

@@ -23,6 +23,7 @@ from goophry_tx.dashboard.resource import (
 )
 from goophry_tx.dashboard.views import visible
 from goophry_tx.keys import Keys
+from goophry_tx.outcomes import type_counters
 from goophry_tx.redis import ConnectionError
 from goophry_tx.stats import Stats, StatsResource
 from tests.unit.fakes import assert_no_result, success_result_of
@@ -374,7 +375,7 @@ def test_purging_all_needs_the_box_ticked(link: MemoryLink, clock: Clock) -> Non
 
 
 def router(link: MemoryLink, clock: Clock, stats_pattern: str = "/") -> StubTreq:
-    stats = StatsResource(Stats(clock, ["mail"]), stats_pattern, "/metrics")
+    stats = StatsResource(Stats(clock, type_counters(["mail"])), stats_pattern, "/metrics")
     dashboard = DashboardResource(link, KEYS, ["mail"], clock, "/ui/")  # type: ignore[arg-type]
     return StubTreq(StatsRouter(stats, [stats_pattern, "/metrics"], dashboard, "/ui/"))
 
