@@ -36,11 +36,12 @@ from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
 from goophry_tx.notify import SystemdNotifier
 from goophry_tx.outcomes import OutcomeRecorder, type_counters
+from goophry_tx.pausing import PauseWatcher
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
-from goophry_tx.stats import Stats, StatsResource
+from goophry_tx.stats import Stats, StatsResource, queue_figures
 from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
 from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
@@ -128,7 +129,7 @@ class GoophryService(MultiService):
         self.stats = Stats(reactor, self.counters)
 
         address = config.redis_address
-        self.health = RedisHealth(reactor, address)
+        self.health = RedisHealth(reactor, address, on_back=self.stats.redis_reconnected)
         self.stats.redis_connected = lambda: self.health.connected
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
@@ -140,6 +141,13 @@ class GoophryService(MultiService):
 
         self.control = link("control")
         self._takers = {t.type: link(f"take:{index}") for index, t in enumerate(config.tasks)}
+        self.pausing = PauseWatcher(
+            self.control, self.keys, self.stats.paused, lambda: self.consumers
+        )
+        link("pause").subscribe(self.keys.paused_channel, self.pausing)
+        self.stats.read_queues = lambda: queue_figures(
+            self.control, self.keys, [t.type for t in self.config.tasks]
+        )
         self._instance = instance
         self.instance = instance or ""
         self.consumers: list[Consumer] = []
@@ -247,6 +255,8 @@ class GoophryService(MultiService):
             config.instance_timeout,
             config.max_recoveries,
             self.outcomes.abandoned,
+            on_beat=self.pausing.read,
+            on_recovered=self.stats.recovered,
         )
 
     def startService(self) -> None:
