@@ -265,9 +265,8 @@ class Consumer:
 
     def _took(self, reply: bytes | list[bytes] | None) -> None:
         if self.state in (State.UNBLOCKING, State.HOLDING):
-            # Taken while stopping or pausing: not started, so it goes back,
-            # last first, so that they keep their order at the head.
-            for payload in reversed(_payloads(reply)):
+            # Taken while stopping or pausing: not started, so it goes back.
+            for payload in _payloads(reply):
                 self._outcomes.put_back(self._type, payload)
             self._take_ended()
             return
