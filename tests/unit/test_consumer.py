@@ -229,7 +229,8 @@ def test_failure_moves_the_entry_to_the_failed_list_with_its_ttl() -> None:
         (
             "RPUSH",
             FAILED,
-            b'{"Args":["a","b"],"ErrorMessage":"exit status 1\\nboom","FailedAt":0,"Instance":"i1"}',
+            b'{"Args":["a","b"],"ErrorMessage":"exit status 1\\nboom",'
+            b'"FailedAt":0,"Instance":"i1"}',
         ),
         ("EXPIRE", FAILED, 60),
         ("LREM", INFLIGHT, -1, payload),

@@ -299,3 +299,55 @@ def test_a_redis_link_stopped_between_attempts_cancels_the_next_one() -> None:
     assert clock.getDelayedCalls() == []
     clock.advance(60)
     assert endpoint.attempts == 2
+
+
+# --------------------------------------------------------------------------
+# What the service wires together: pausing, the metrics' readers and counters
+
+
+def test_pause_messages_reach_the_consumers_and_every_beat_reads_the_set() -> None:
+    t = tree()
+    t.started()
+    [pause] = [s for s in t.service if getattr(s, "purpose", None) == "pause"]
+    assert isinstance(pause, LinkService)
+    assert pause.subscription is not None and pause.subscription[0] == "q:paused"
+    pause.reconnect()
+    # Subscribed (again): what was missed meanwhile is read from the set.
+    assert t.take() == ["control: SMEMBERS"]
+    t.control.take("SMEMBERS").answer([])
+    pause.publish(b"pause u")
+    assert [c.paused for c in t.service.consumers] == [False, True]
+    assert t.service.stats.as_json()["Paused"] == {"t": False, "u": True}
+    pause.publish(b"resume u")
+    assert t.service.stats.as_json()["Paused"] == {"t": False, "u": False}
+    # The backstop: one read per beat.
+    t.reactor.advance(t.service.heartbeat.interval)
+    assert t.take() == ["control: BEAT", "control: SMEMBERS"]
+
+
+def test_the_queue_figures_are_read_for_the_configured_types() -> None:
+    t = tree()
+    t.started()
+    assert t.service.stats.read_queues is not None
+    d = t.service.stats.read_queues()
+    t.control.take("HKEYS").answer([b"i1"])
+    figures = t.control.take("MULTI")
+    assert figures.command == (
+        "MULTI",
+        ("LLEN", "q:t"),
+        ("LLEN", "q:t:failed"),
+        ("LLEN", "q:t:inflight:i1"),
+        ("LLEN", "q:u"),
+        ("LLEN", "q:u:failed"),
+        ("LLEN", "q:u:inflight:i1"),
+    )
+    figures.answer([1, 2, 3, 4, 5, 6])
+    assert {name: f.queued for name, f in success_result_of(d).items()} == {"t": 1, "u": 4}
+
+
+def test_redis_coming_back_is_counted() -> None:
+    t = tree()
+    t.service.health.log = Logger(observer=lambda event: None)
+    t.service.health.down("control", "refused")
+    t.service.health.up("control")
+    assert t.service.stats.redis_reconnects == 1
