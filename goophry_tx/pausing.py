@@ -14,24 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from goophry_tx.consumer import Consumer
 from goophry_tx.keys import Keys
-from goophry_tx.redis import IRedisLink, ISubscriber, is_transient
+from goophry_tx.redis import IRedisLink, ISubscriber, Retry
 
 #: The messages on the channel, and what each makes of its type.
 ACTIONS = {b"pause": True, b"resume": False}
 
 
 @implementer(ISubscriber)
-class PauseWatcher:
+class PauseWatcher(Service):
     """
     Keeps C{paused} (the set the stats show) as Redis has it, and pauses or
-    resumes the consumers of the types that change.
+    resumes the consumers of the types that change.  A child of the
+    daemon's service, so that a read waiting to be tried again ends with it.
     """
 
     log = Logger()
@@ -42,6 +45,7 @@ class PauseWatcher:
         keys: Keys,
         paused: set[str],
         consumers: Callable[[], Iterable[Consumer]],
+        clock: IReactorTime,
     ) -> None:
         """
         @param link: where the set is read (not the subscribing link, which
@@ -54,11 +58,19 @@ class PauseWatcher:
         self._key = keys.paused
         self.paused = paused
         self._consumers = consumers
+        self._retry = Retry(clock)
+        #: Whether a read that failed waits to be tried again.
+        self._again = False
         #: Reads of the set under way.
         self._reads = 0
         #: Changes heard while a read is under way: the set it brings back
         #: may be older than they are, so they are applied again on top.
         self._heard: list[tuple[str, bool]] = []
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._retry.cancel()
+        self._again = False
 
     # Reading the set
 
@@ -93,10 +105,18 @@ class PauseWatcher:
             self._change(task_type, False)
 
     def _read_failed(self, failure: Failure) -> None:
-        # Redis being away is logged once by the links; the next beat or
-        # reconnect reads again.
-        if not is_transient(failure):
-            self.log.failure("cannot read the paused task types from {key}", failure, key=self._key)
+        # Redis being away is logged once by the links: read again once the
+        # link is back (the subscribing one may come back first).
+        if self._again:
+            return
+        if self._retry.later(failure, self._link, self._read_again):
+            self._again = True
+            return
+        self.log.failure("cannot read the paused task types from {key}", failure, key=self._key)
+
+    def _read_again(self) -> None:
+        self._again = False
+        self.read()
 
     # The channel
 

@@ -142,9 +142,10 @@ class GoophryService(MultiService):
         self.control = link("control")
         self._takers = {t.type: link(f"take:{index}") for index, t in enumerate(config.tasks)}
         self.pausing = PauseWatcher(
-            self.control, self.keys, self.stats.paused, lambda: self.consumers
+            self.control, self.keys, self.stats.paused, lambda: self.consumers, reactor
         )
         link("pause").subscribe(self.keys.paused_channel, self.pausing)
+        self.pausing.setServiceParent(self)
         self.stats.read_queues = lambda: queue_figures(
             self.control, self.keys, [t.type for t in self.config.tasks]
         )

@@ -16,7 +16,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder, type_counters
 from goophry_tx.pausing import PauseWatcher
 from goophry_tx.process.runner import ScriptRunner
-from goophry_tx.redis import ConnectionError, ISubscriber, ResponseError
+from goophry_tx.redis import ISubscriber, ResponseError
 from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import FakeRedisLink, MemoryProcessReactor, success_result_of
 
@@ -25,6 +25,7 @@ KEYS = Keys("q")
 
 @attrs.define
 class Rig:
+    clock: Clock
     control: FakeRedisLink
     subscriber: FakeRedisLink
     watcher: PauseWatcher
@@ -68,10 +69,11 @@ def make_rig() -> Rig:
         for t in tasks
     }
     events: list[dict[str, Any]] = []
-    watcher = PauseWatcher(control, KEYS, set(), lambda: consumers.values())
+    watcher = PauseWatcher(control, KEYS, set(), lambda: consumers.values(), clock)
+    watcher.startService()
     watcher.log = Logger(observer=events.append)
     subscriber.subscribe(KEYS.paused_channel, watcher)
-    return Rig(control, subscriber, watcher, consumers, events)
+    return Rig(clock, control, subscriber, watcher, consumers, events)
 
 
 def test_it_is_a_subscriber() -> None:
@@ -135,12 +137,43 @@ def test_messages_heard_during_a_read_win_over_its_older_answer() -> None:
     assert rig.paused() == {"t": True, "u": False}
 
 
-def test_a_failed_read_is_logged_unless_redis_is_away_and_never_fails() -> None:
+def test_a_read_that_meets_redis_away_is_made_again_once_it_is_back() -> None:
+    rig = make_rig()
+    rig.control.lose_connection()
+    # The subscribing link came back before the one the set is read on.
+    rig.subscriber.reconnect()
+    rig.watcher.read()
+    assert rig.control.names() == []
+    rig.control.reconnect()
+    rig.control.take("SMEMBERS").answer([b"t"])
+    assert rig.paused() == {"t": True, "u": False}
+    assert rig.events[-1]["type"] == "t"
+
+
+def test_a_read_refused_for_a_while_is_made_again_shortly() -> None:
     rig = make_rig()
     d = rig.watcher.read()
-    rig.control.take("SMEMBERS").refuse(ConnectionError("Lost connection"))
+    rig.control.take("SMEMBERS").refuse(ResponseError("LOADING Redis is loading"))
     success_result_of(d)
-    assert rig.events == []
+    # A second failure while the first waits adds no second retry.
+    rig.watcher.read()
+    rig.control.take("SMEMBERS").refuse(ResponseError("LOADING Redis is loading"))
+    rig.clock.advance(0.5)
+    assert rig.control.names() == ["SMEMBERS"]
+    rig.control.take("SMEMBERS").answer([])
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_a_stop_forgets_the_read_waiting_to_be_made_again() -> None:
+    rig = make_rig()
+    rig.watcher.read()
+    rig.control.take("SMEMBERS").refuse(ResponseError("LOADING Redis is loading"))
+    rig.watcher.stopService()
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_a_failed_read_is_logged_unless_redis_is_away_and_never_fails() -> None:
+    rig = make_rig()
     d = rig.watcher.read()
     rig.control.take("SMEMBERS").refuse(ResponseError("WRONGTYPE not a set"))
     success_result_of(d)
