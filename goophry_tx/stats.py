@@ -211,6 +211,13 @@ class StatsCollector:
                 failures.add_metric([task_type, reason], count)
         yield failures
 
+        paused = GaugeMetricFamily(
+            "goophry_type_paused", "1 while the type is paused.", labels=["type"]
+        )
+        for task_type in stats.types:
+            paused.add_metric([task_type], int(task_type in stats.paused))
+        yield paused
+
         # Absent until first read, and while Redis cannot be read.
         if stats.queues:
             for name, text, field in _QUEUE_GAUGES:
