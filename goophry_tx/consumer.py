@@ -284,8 +284,8 @@ class Consumer:
             # Ended by the stop; what it took, the next reconcile puts back.
             self._take_ended()
             return
-        # Paused meanwhile: no more CLIENT UNBLOCKs; the reconcile below puts
-        # back what the take may have moved, then holds.
+        # A pause's CLIENT UNBLOCKs end with the take (the loop holds once
+        # the reconcile below has put back what the take may have moved).
         self._cancel_timer()
         self.state = State.RETRYING
         if self._retry.later(failure, self._blocking, self._reconcile):

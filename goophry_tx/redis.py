@@ -7,7 +7,9 @@ lost or cannot be made.  It authenticates and selects the database itself on
 every connect, so that a wrong password fixed on the server's side is picked
 up (txredisapi gives up for good after a failed AUTH, its issue #146), and
 it is only ready once Redis has finished loading its data.  A blocking
-command gets a link of its own, so it never holds up the others.
+command gets a link of its own, so it never holds up the others, and so
+does a subscription to a pub/sub channel (L{RedisLink.subscribe}), made
+again on every connect.
 """
 
 from __future__ import annotations
@@ -262,7 +264,8 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     txredisapi's protocol, telling its link when the connection goes.
 
     The only place that reaches into txredisapi's internals (its reply
-    queue's C{waiting} list, its C{pipelining} attributes);
+    queue's C{waiting} list, its C{pipelining} attributes, the
+    C{replyReceived} every reply goes through);
     C{tests/unit/test_redis.py} fails when a release changes them.
     """
 
