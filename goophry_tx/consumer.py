@@ -9,6 +9,9 @@ in-flight list (C{BLMOVE ... LEFT RIGHT}) on a connection of its own, runs,
 and leaves the in-flight list when its outcome is recorded; on an older
 Redis (L{AtMostOnceTake}) it is popped (C{BLPOP}).  L{Consumer} is the loop
 of worker slots and runs around the strategy, one state at a time.
+
+An operator may pause a type (C{goophry-ctl pause}): the consumer is then
+held, taking nothing until it is resumed, while its running scripts finish.
 """
 
 from __future__ import annotations
@@ -186,7 +189,11 @@ class State(enum.Enum):
     #: Every worker is busy: the next take waits for one to be free.
     FULL = "full"
     #: Redis is away or refused the take: waiting to try again.
-    PAUSED = "paused"
+    RETRYING = "retrying"
+    #: The type is paused (by an operator): taking nothing until resumed.
+    HELD = "held"
+    #: Paused while a take was on its way: ending it (CLIENT UNBLOCK).
+    HOLDING = "holding"
     #: Stopped while a take was on its way: ending it (CLIENT UNBLOCK).
     UNBLOCKING = "unblocking"
     #: Taking nothing more; running scripts may still be finishing.
@@ -224,6 +231,8 @@ class Consumer:
         self._verbose = verbose
         self._block_timeout = block_timeout
         self.state = State.IDLE
+        #: Whether the type is paused: the loop holds when it would take.
+        self.paused = False
         self._take: ITakeStrategy | None = None
         self._running: dict[int, tuple[Task, RunningScript]] = {}
         self._retry = Retry(clock)
@@ -259,6 +268,9 @@ class Consumer:
 
     def _take_next(self) -> None:
         """Take as many entries as there are free workers, or wait for one."""
+        if self.paused:
+            self.state = State.HELD
+            return
         if self._free == 0:
             self.state = State.FULL
             return
@@ -268,11 +280,11 @@ class Consumer:
         self._take.take(self._free).addCallback(self._took).addErrback(self._take_failed)
 
     def _took(self, reply: bytes | list[bytes] | None) -> None:
-        if self.state is State.UNBLOCKING:
-            # Taken while stopping: not started, so it goes back.
+        if self.state in (State.UNBLOCKING, State.HOLDING):
+            # Taken while stopping or pausing: not started, so it goes back.
             for payload in _payloads(reply):
                 self._outcomes.put_back(self._type, payload)
-            self._stopped_taking()
+            self._take_ended()
             return
         # Still TAKING while they start: a script that ends at once frees
         # its worker without starting a second take.
@@ -286,9 +298,12 @@ class Consumer:
     def _take_failed(self, failure: Failure) -> None:
         if self.state is State.UNBLOCKING:
             # Ended by the stop; what it took, the next reconcile puts back.
-            self._stopped_taking()
+            self._take_ended()
             return
-        self.state = State.PAUSED
+        # A pause's CLIENT UNBLOCKs end with the take (the loop holds once
+        # the reconcile below has put back what the take may have moved).
+        self._cancel_timer()
+        self.state = State.RETRYING
         if self._retry.later(failure, self._blocking, self._reconcile):
             return
         if failure.check(ResponseError):
@@ -348,7 +363,7 @@ class Consumer:
         if self.state is not State.RECONCILING:
             # Stopped meanwhile: the next start reconciles again.
             return
-        self.state = State.PAUSED
+        self.state = State.RETRYING
         if self._retry.later(failure, self._control, self._reconcile):
             return
         self.log.error(
@@ -399,6 +414,26 @@ class Consumer:
         elif state is State.STOPPED:
             self._maybe_stopped()
 
+    # Pausing
+
+    def pause(self) -> None:
+        """
+        Take nothing more until L{resume}; a take on its way is ended, and
+        what it took goes back.  Running scripts finish.
+        """
+        self.paused = True
+        if self.state is State.TAKING:
+            self.state = State.HOLDING
+            self._unblock(1)
+        elif self.state is State.FULL:
+            self.state = State.HELD
+
+    def resume(self) -> None:
+        """Take entries again, after L{pause}."""
+        self.paused = False
+        if self.state is State.HELD:
+            self._take_next()
+
     # Stopping
 
     @property
@@ -410,9 +445,11 @@ class Consumer:
         Stop taking entries at once; fires when the running scripts are done.
         """
         self._retry.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.state is State.HOLDING:
+            # Its CLIENT UNBLOCKs go on, for the stop now.
+            self.state = State.UNBLOCKING
+        else:
+            self._cancel_timer()
         if self.state is State.TAKING:
             self.state = State.UNBLOCKING
             self._unblock(1)
@@ -443,12 +480,20 @@ class Consumer:
         self._control.execute("CLIENT", "UNBLOCK", client_id).addErrback(lambda _: None)
         self._timer = self._clock.callLater(0.2, self._unblock, attempt + 1)
 
-    def _stopped_taking(self) -> None:
+    def _take_ended(self) -> None:
+        """The take that a stop or a pause ended is over."""
+        self._cancel_timer()
+        if self.state is State.HOLDING:
+            # Held, or taking again if resumed meanwhile.
+            self._take_next()
+            return
         self.state = State.STOPPED
+        self._maybe_stopped()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._maybe_stopped()
 
     def stop_scripts(self) -> None:
         """ShutdownTimeout is over: stop every running script."""

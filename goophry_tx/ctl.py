@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
 
-from goophry_tx import operations
-from goophry_tx.config import Config, ConfigError, load_config
+from goophry_tx import operations, startup
+from goophry_tx.config import Config, ConfigError, check_config, load_config
 from goophry_tx.keys import Keys
 from goophry_tx.operations import EntryRef, OperationError
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, ResponseError
@@ -155,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns (or exits with) the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "check":
+        return _check(args.config, args.json)
     try:
         config = load_config(args.config)
     except ConfigError as e:
         return _error(str(e), USAGE)
-    if args.command == "check":
-        return _check(config, args.json)
     try:
         _refuse(config, args)
     except Refused as e:
@@ -200,17 +200,18 @@ def _confirmed(key: str) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-def _check(config: Config, as_json: bool) -> int:
+def _check(path: str, as_json: bool) -> int:
+    """The daemon's own check (L{startup.check}), its lines said by C{goophry-ctl}."""
+    if not as_json:
+        return startup.check(path, program="goophry-ctl")
+    try:
+        config = check_config(path)
+    except ConfigError as e:
+        return _error(str(e), USAGE)
     types = [{"type": t.type, "script": t.script, "workers": t.workers} for t in config.tasks]
-    if as_json:
-        _print_json(
-            {"config": config.path, "ok": True, "types": types, "warnings": list(config.warnings)}
-        )
-        return OK
-    for warning in config.warnings:
-        print(f"warning: {warning}")
-    described = ", ".join(f"{t['type']} ({t['workers']} workers)" for t in types)
-    print(f"{config.path}: OK: {described}")
+    _print_json(
+        {"config": config.path, "ok": True, "types": types, "warnings": list(config.warnings)}
+    )
     return OK
 
 

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from goophry_tx.keys import Keys
 from goophry_tx.recovery import machine_identity
 from goophry_tx.redis import RedisLink
+from goophry_tx.stats import queue_figures
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -244,20 +245,9 @@ async def stats(link: RedisLink, keys: Keys, types: Sequence[str]) -> Overview:
     failed, paused; and the number of live and dead instances.
     """
     registered = await _registered(link, keys)
-    commands: list[Sequence[str | bytes | int]] = []
-    for t in types:
-        commands += [
-            ("LLEN", keys.queue(t)),
-            ("LLEN", keys.failed(t)),
-            ("SISMEMBER", keys.paused, t),
-        ]
-        commands += [("LLEN", keys.inflight(t, r.name)) for r in registered]
-    replies = iter(await _each(link, commands))
-    figures = {}
-    for t in types:
-        queued, failed, paused = int(next(replies)), int(next(replies)), bool(next(replies))
-        inflight = sum(int(next(replies)) for _ in registered)
-        figures[t] = TypeStats(queued, inflight, failed, paused)
+    queues = await queue_figures(link, keys, types, [r.name for r in registered])
+    paused = {_text(name) for name in await link.execute("SMEMBERS", keys.paused)}
+    figures = {t: TypeStats(f.queued, f.inflight, f.failed, t in paused) for t, f in queues.items()}
     alive = sum(r.alive for r in registered)
     return Overview(figures, alive, len(registered) - alive)
 

@@ -228,7 +228,16 @@ class HeartbeatService(Service):
         on_abandoned: Callable[[Abandoned], None],
         host: str | None = None,
         pid: int | None = None,
+        on_beat: Callable[[], Deferred[None]] | None = None,
+        on_recovered: Callable[[], object] | None = None,
     ) -> None:
+        """
+        @param on_beat: what else is read from Redis at every beat, in the
+            same round trip (the paused task types); its Deferred must not
+            fail.  The first beat is over once it has fired.
+        @param on_recovered: called for each dead instance whose in-flight
+            entries this one recovered (counted in the metrics).
+        """
         self._link = link
         self._keys = keys
         self.instance = instance
@@ -243,10 +252,13 @@ class HeartbeatService(Service):
         self.interval = instance_timeout / 5
         self._max_recoveries = max_recoveries
         self._on_abandoned = on_abandoned
+        self._on_beat = on_beat
+        self._on_recovered = on_recovered
         self.host = host or socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self._identity = machine_identity()
         self._start_time = process_start_time(self.pid)
+        self._started = int(clock.seconds())
         self._record = self._make_record()
         self._timer = TimerService(self.interval, self._beat)
         self._timer.clock = clock
@@ -263,6 +275,7 @@ class HeartbeatService(Service):
                 "pidns": self._identity[1],
                 "pid": self.pid,
                 "start": self._start_time,
+                "started": self._started,
                 "types": self._types,
             },
             separators=(",", ":"),
@@ -370,7 +383,11 @@ class HeartbeatService(Service):
             self._record,
             "1" if now >= self._quiet_until else "0",
         )
+        # Sent behind the beat, its reply comes with the beat's.
+        also = self._on_beat() if self._on_beat is not None else None
         d.addCallback(self._recover_all, False)
+        if also is not None:
+            d.addCallback(lambda _: also)
         d.addErrback(self._beat_failed)
         d.addCallback(self._beat_done)
         return d
@@ -449,6 +466,8 @@ class HeartbeatService(Service):
                 requeued=requeued,
                 abandoned=len(flat) // 3,
             )
+            if self._on_recovered is not None:
+                self._on_recovered()
             for i in range(0, len(flat), 3):
                 self._on_abandoned(
                     Abandoned(

@@ -7,7 +7,9 @@ lost or cannot be made.  It authenticates and selects the database itself on
 every connect, so that a wrong password fixed on the server's side is picked
 up (txredisapi gives up for good after a failed AUTH, its issue #146), and
 it is only ready once Redis has finished loading its data.  A blocking
-command gets a link of its own, so it never holds up the others.
+command gets a link of its own, so it never holds up the others, and so
+does a subscription to a pub/sub channel (L{RedisLink.subscribe}), made
+again on every connect.
 """
 
 from __future__ import annotations
@@ -67,6 +69,30 @@ class IRedisLink(Interface):
 
     def abort() -> None:
         """Drop the connection now (a command that will not end); it comes back."""
+
+
+class ISubscriber(Interface):
+    """What a subscribing link tells of its channel."""
+
+    def subscribed() -> None:
+        """
+        (Re)subscribed, after a connect or a reconnect: messages from now on
+        arrive; those published while the link was down are lost.
+        """
+
+    def message(channel: bytes, data: bytes) -> None:
+        """A message published on the channel."""
+
+
+class ISubscribingLink(IRedisLink):
+    """A link that can be given over to one pub/sub channel."""
+
+    def subscribe(channel: str, subscriber: ISubscriber) -> None:
+        """
+        Before the link starts: on every connect, once ready, subscribe to
+        C{channel} and tell C{subscriber} of it and of each message.  The
+        link then takes no other commands.
+        """
 
 
 class Retry:
@@ -143,9 +169,16 @@ class RedisHealth:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, address: str) -> None:
+    def __init__(
+        self, clock: IReactorTime, address: str, on_back: Callable[[], object] | None = None
+    ) -> None:
+        """
+        @param on_back: called each time Redis is back after it was
+            unreachable (counted in the metrics).
+        """
         self._clock = clock
         self.address = address
+        self._on_back = on_back
         self._down: set[str] = set()
         self._since: float | None = None
 
@@ -171,6 +204,8 @@ class RedisHealth:
             self.log.info(
                 "Redis at {address} is back after {away:.1f}s", address=self.address, away=away
             )
+            if self._on_back is not None:
+                self._on_back()
 
 
 def encode_command(command: Sequence[str | bytes | int | float]) -> bytes:
@@ -229,7 +264,8 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     txredisapi's protocol, telling its link when the connection goes.
 
     The only place that reaches into txredisapi's internals (its reply
-    queue's C{waiting} list, its C{pipelining} attributes);
+    queue's C{waiting} list, its C{pipelining} attributes, the
+    C{replyReceived} every reply goes through);
     C{tests/unit/test_redis.py} fails when a release changes them.
     """
 
@@ -237,6 +273,21 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     pipelining: bool
     pipelined_commands: list[bytes]
     pipelined_replies: list[Any]
+    #: Told of each pub/sub message once the connection has sent SUBSCRIBE.
+    listener: ISubscriber | None = None
+
+    def replyReceived(self, reply: Any) -> None:
+        # A subscribed connection gets messages it did not ask for; the
+        # rest (SUBSCRIBE's own answer) are replies, in order.
+        if (
+            self.listener is not None
+            and isinstance(reply, list)
+            and len(reply) == 3
+            and reply[0] == b"message"
+        ):
+            self.listener.message(reply[1], reply[2])
+            return
+        super().replyReceived(reply)
 
     def connectionLost(self, why: Failure) -> None:
         self.link._lost(self, why)
@@ -301,7 +352,7 @@ def backoff(initial: float = 0.1, maximum: float = 5.0) -> Callable[[int], float
     return policy
 
 
-@implementer(IRedisLink)
+@implementer(ISubscribingLink)
 class RedisLink(Service):
     """
     One connection to Redis, kept up for as long as the service runs.
@@ -345,6 +396,11 @@ class RedisLink(Service):
         self._closed: list[Deferred[None]] = []
         #: Redis's id for this connection (CLIENT ID), for CLIENT UNBLOCK.
         self.client_id: bytes | None = None
+        #: The channel this link subscribes to, and who is told, if any.
+        self._subscription: tuple[str, ISubscriber] | None = None
+
+    def subscribe(self, channel: str, subscriber: ISubscriber) -> None:
+        self._subscription = (channel, subscriber)
 
     def startService(self) -> None:
         super().startService()
@@ -443,6 +499,14 @@ class RedisLink(Service):
                 )
             )
         d.addCallback(lambda _: run("CLIENT", "ID"))
+        if self._subscription is not None:
+            channel, subscriber = self._subscription
+
+            def subscribe(client_id: bytes) -> Deferred[bytes]:
+                protocol.listener = subscriber
+                return run("SUBSCRIBE", channel).addCallback(lambda _: client_id)
+
+            d.addCallback(subscribe)
         return d
 
     def _ready(self, client_id: bytes, protocol: _Protocol) -> None:
@@ -455,6 +519,8 @@ class RedisLink(Service):
         waiting, self._waiting = self._waiting, []
         for w in waiting:
             w.callback(None)
+        if self._subscription is not None:
+            self._subscription[1].subscribed()
 
     def _refused(self, failure: Failure, protocol: _Protocol) -> None:
         # A wrong password or database, Redis still loading: drop this

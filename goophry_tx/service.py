@@ -39,12 +39,13 @@ from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
 from goophry_tx.notify import StatusService, SystemdNotifier
 from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
+from goophry_tx.pausing import PauseWatcher
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
-from goophry_tx.stats import Stats, StatsResource
+from goophry_tx.stats import Stats, StatsResource, queue_figures
 from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
 from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
@@ -132,7 +133,7 @@ class GoophryService(MultiService):
         self.stats = Stats(reactor, self.counters)
 
         address = config.redis_address
-        self.health = RedisHealth(reactor, address)
+        self.health = RedisHealth(reactor, address, on_back=self.stats.redis_reconnected)
         self.stats.redis_connected = lambda: self.health.connected
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
@@ -144,6 +145,14 @@ class GoophryService(MultiService):
         #: How many taking links were made: each has a number of its own.
         self._taker_count = 0
         self._takers = {t.type: self._taking_link() for t in config.tasks}
+        self.pausing = PauseWatcher(
+            self.control, self.keys, self.stats.paused, lambda: self.consumers, reactor
+        )
+        self._link("pause").subscribe(self.keys.paused_channel, self.pausing)
+        self.pausing.setServiceParent(self)
+        self.stats.read_queues = lambda: queue_figures(
+            self.control, self.keys, [t.type for t in self.config.tasks]
+        )
         self._instance = instance
         self.instance = instance or ""
         self.consumers: list[Consumer] = []
@@ -263,6 +272,8 @@ class GoophryService(MultiService):
             config.instance_timeout,
             config.max_recoveries,
             self.outcomes.abandoned,
+            on_beat=self.pausing.read,
+            on_recovered=self.stats.recovered,
         )
 
     @property
@@ -274,7 +285,7 @@ class GoophryService(MultiService):
         return [*self.consumers, *self._retiring]
 
     def _consumer(self, task_type: TaskType) -> Consumer:
-        return Consumer(
+        consumer = Consumer(
             task_type=task_type,
             keys=self.keys,
             instance=self.instance,
@@ -286,6 +297,10 @@ class GoophryService(MultiService):
             verbose=self.verbose,
             block_timeout=self.config.block_timeout,
         )
+        if task_type.type in self.stats.paused:
+            # A type a reload adds may be paused already.
+            consumer.pause()
+        return consumer
 
     def startService(self) -> None:
         self._build()

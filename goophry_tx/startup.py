@@ -32,11 +32,14 @@ def check(
     logfile: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    program: str = "goophry",
 ) -> int:
     """
     Check the configuration at C{path} as a start would, without Redis.
+    The daemon's C{-t} and C{goophry-ctl check} both run it.
 
     @param logfile: the log file given on the command line, if any.
+    @param program: the name that starts each line printed.
     @return: the exit status: 0 after one "configuration OK" line on C{out},
         2 after the message a start prints on C{err}.  Warnings go to C{err}.
     """
@@ -45,17 +48,17 @@ def check(
     try:
         config = check_config(path, logfile)
     except ConfigError as e:
-        print(config_error_text(e), file=err)
+        print(config_error_text(e, program), file=err)
         return 2
     for warning in config.warnings:
-        print(f"goophry: warning: {warning}", file=err)
-    print(f"goophry: {path}: configuration OK", file=out)
+        print(f"{program}: warning: {warning}", file=err)
+    print(f"{program}: {path}: configuration OK", file=out)
     return 0
 
 
-def config_error_text(error: ConfigError) -> str:
+def config_error_text(error: ConfigError, program: str = "goophry") -> str:
     """The one line a start prints for a configuration it refuses."""
-    return f"goophry: {error}"
+    return f"{program}: {error}"
 
 
 def listen_error_text(error: CannotListenError) -> str:

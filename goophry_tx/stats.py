@@ -51,16 +51,19 @@ class QueueFigures:
 
 
 def queue_figures(
-    link: IRedisLink, keys: Keys, types: Sequence[str]
+    link: IRedisLink, keys: Keys, types: Sequence[str], instances: Sequence[str] | None = None
 ) -> Deferred[dict[str, QueueFigures]]:
     """
     Read the queue figures of every type: the lengths of its queue and its
     failed list, and of the in-flight lists of every registered instance,
-    alive or not (a dead one's entries are in flight until recovered).
+    alive or not (a dead one's entries are in flight until recovered).  The
+    metrics and C{goophry-ctl stats} both read them here.
+
+    @param instances: the registered instances, when the caller has read
+        them already.
     """
 
-    def count(names: list[bytes]) -> Deferred[dict[str, QueueFigures]]:
-        instances = [name.decode("utf-8", "replace") for name in names]
+    def count(instances: Sequence[str]) -> Deferred[dict[str, QueueFigures]]:
         commands: list[tuple[str, str]] = []
         for task_type in types:
             commands.append(("LLEN", keys.queue(task_type)))
@@ -77,8 +80,10 @@ def queue_figures(
             result[task_type] = QueueFigures(queued, sum(inflight), failed)
         return result
 
+    if instances is not None:
+        return count(instances)
     d: Deferred[list[bytes]] = link.execute("HKEYS", keys.instances)
-    return d.addCallback(count)
+    return d.addCallback(lambda names: count([name.decode("utf-8", "replace") for name in names]))
 
 
 class Stats:
@@ -205,6 +210,13 @@ class StatsCollector:
             for reason, count in counters.failures.items():
                 failures.add_metric([task_type, reason], count)
         yield failures
+
+        paused = GaugeMetricFamily(
+            "goophry_type_paused", "1 while the type is paused.", labels=["type"]
+        )
+        for task_type in stats.types:
+            paused.add_metric([task_type], int(task_type in stats.paused))
+        yield paused
 
         # Absent until first read, and while Redis cannot be read.
         if stats.queues:

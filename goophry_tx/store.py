@@ -128,7 +128,7 @@ class OutcomeStore:
     def failed(self, task: Task | InvalidEntry, error: str) -> Deferred[None]:
         """Move an entry to its failed list (or log it in full if none is kept)."""
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
-        record = failed_entry(task, error)
+        record = failed_entry(task, error, int(self._clock.seconds()), self._instance)
         if self.failed_ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [

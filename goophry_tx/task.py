@@ -188,12 +188,14 @@ def error_script_message(script: str, args: tuple[str, ...], error: str) -> str:
     return f"{script}{quoted}\n\n{error}".replace("\0", "\\x00")
 
 
-def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:
+def failed_entry(task: Task | InvalidEntry, error: str, failed_at: int, instance: str) -> bytes:
     """
     The JSON stored in the failed list.
 
     A valid task keeps its Args; an invalid entry keeps its raw payload, in
     C{Payload}, and in C{PayloadBase64} too when it is not valid UTF-8.
+    Both say when they failed (C{FailedAt}, unix seconds) and on which
+    instance (C{Instance}): readers ignore fields they do not know.
     """
     record: dict[str, object]
     if isinstance(task, Task):
@@ -208,4 +210,6 @@ def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:
             task.payload.decode("utf-8")
         except UnicodeDecodeError:
             record["PayloadBase64"] = base64.b64encode(task.payload).decode("ascii")
+    record["FailedAt"] = failed_at
+    record["Instance"] = instance
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -487,6 +487,21 @@ class Harness:
         assert isinstance(names, list)
         return names  # type: ignore[return-value]
 
+    def stamped(self, entry: Mapping[str, Any], daemon: DaemonProcess) -> dict[str, Any]:
+        """
+        A failed entry without the fields a daemon stamps it with, once they
+        are checked: C{FailedAt}, a recent whole number of unix seconds, and
+        C{Instance}, the registered name of the instance C{daemon} runs.
+        """
+        fields = dict(entry)
+        failed_at = fields.pop("FailedAt", None)
+        instance = fields.pop("Instance", None)
+        now = time.time()
+        assert isinstance(failed_at, int) and now - 300 < failed_at <= now, entry
+        names = [name.decode() for name in self.instances()]
+        assert instance in names and f":{daemon.pid}:" in instance, (entry, names)
+        return fields
+
     def wait_failed(self, task_type: str, count: int = 1, timeout: float = 10.0) -> list[Any]:
         """Wait until the failed list holds C{count} entries; return them decoded."""
         wait_for(

@@ -36,7 +36,10 @@ def test_a_timeout_kills_the_script_and_the_child_it_started(rig: Rig) -> None:
     try:
         wait_for(lambda: rig.failed("work"), 10, message=daemon.log_text)
         [failed] = rig.failed("work")
-        assert failed == {"Args": ["e0"], "ErrorMessage": "timed out after 1s (signal: terminated)"}
+        assert rig.stamped(failed, daemon) == {
+            "Args": ["e0"],
+            "ErrorMessage": "timed out after 1s (signal: terminated)",
+        }
         # The whole process group got the signal: the grandchild too.
         wait_for(lambda: process_gone(pid), 5, message=f"grandchild {pid} to be gone")
         assert rig.inflight_keys() == []

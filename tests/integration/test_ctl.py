@@ -501,8 +501,11 @@ def test_instances_and_inflight_tell_a_killed_instance_from_a_live_one(
     assert by_pid[doomed.pid]["alive"] is False
     assert by_pid[doomed.pid]["types"] == ["t", "slow"]
     assert by_pid[doomed.pid]["inflight"] == 1
-    # Read from the kernel's start time: this machine, this boot.
     assert abs(by_pid[live.pid]["started"] - time.time()) < 600
+    # Read from the record, which says when the instance started.
+    record = json.loads(goophry.redis.cli("HGET", goophry.keys.instances, by_pid[live.pid]["name"]))
+    assert isinstance(record["started"], int)
+    assert by_pid[live.pid]["started"] == record["started"]
 
     table = rows(ok(cfg, "instances"))
     states = {row["PID"]: row["STATE"] for row in table}

@@ -95,7 +95,7 @@ def test_failure_is_stored_with_its_message_and_ttl_and_told_to_error_script(
 
     [entry] = goophry.wait_failed("job")
     message = case.message(script)
-    assert entry == {"Args": case.args, "ErrorMessage": message}
+    assert goophry.stamped(entry, daemon) == {"Args": case.args, "ErrorMessage": message}
     ttl = goophry.redis.cli("TTL", goophry.failed_key("job"))
     assert isinstance(ttl, int) and 0 < ttl <= TTL
 
@@ -117,12 +117,12 @@ def test_nul_byte_in_an_argument_is_a_failure_that_keeps_its_args(
     goophry: Goophry, tmp_path: Path
 ) -> None:
     ran = tmp_path / "ran"
-    script = goophry.launch(
+    daemon, script, _ = goophry.launch(
         f"touch {ran}", '{"Args":["a\\u0000b","c"]}', task_type="job", FailedTasksTTL=TTL
-    ).script
+    )
 
     [entry] = goophry.wait_failed("job")
-    assert entry == {
+    assert goophry.stamped(entry, daemon) == {
         "Args": ["a\0b", "c"],
         "ErrorMessage": f"fork/exec {script}: argument contains a NUL byte",
     }
@@ -175,7 +175,8 @@ def test_failed_tasks_ttl_zero_stores_nothing_but_logs_in_full(goophry: Goophry)
         {"Args": ["x y", "z"], "ErrorMessage": "exit status 3\nboom x y\n"},
         separators=(",", ":"),
     )
-    daemon.wait_for_log(expected)
+    # In full: the daemon's FailedAt and Instance follow.
+    daemon.wait_for_log(expected.removesuffix("}") + ',"FailedAt":')
     log = daemon.wait_for_log('"Payload":"not json"')
     assert "invalid task entry" in log
     assert goophry.redis.cli("EXISTS", goophry.failed_key("job")) == 0

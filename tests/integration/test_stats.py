@@ -28,7 +28,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.redis import RedisHealth, RedisLink
 from goophry_tx.stats import QueueFigures, queue_figures
 from tests.conftest import TLSFiles
-from tests.helpers import DaemonProcess, free_port, task_payload, wait_for
+from tests.helpers import DaemonProcess, free_port, shell_wait_for, task_payload, wait_for
 from tests.integration.conftest import Goophry, http_get, stats_when
 
 pytestmark = pytest.mark.integration
@@ -405,3 +405,124 @@ def test_twistd_refuses_a_bad_certificate_without_a_traceback(
     cert.write_text("this is not a certificate\n")
     log = _refused(goophry, write_config, run_daemon, how, "StatsTLSCertFile", cert, tls_files.key)
     assert "Traceback" not in log
+
+
+def _metrics(address: str) -> dict[str, Metric]:
+    reply = http_get(address, "/metrics")
+    assert reply.status == 200
+    return _families(reply.body.decode())
+
+
+def _by_labels(family: Metric, sample: str, *labels: str) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(s.labels[name] for name in labels): s.value
+        for s in family.samples
+        if s.name == sample
+    }
+
+
+def test_metrics_count_runs_by_type_failures_by_reason_and_read_the_queues(
+    goophry: Goophry,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    stats_address: str,
+) -> None:
+    ok = goophry.script("ok.sh", "true")
+    bad = goophry.script("bad.sh", "exit 1")
+    noisy = goophry.script("noisy.sh", "echo talkative")
+    cfg = write_config(
+        Tasks=[
+            {"Type": "ok", "Script": str(ok), "Workers": 2},
+            {"Type": "bad", "Script": str(bad)},
+            {"Type": "noisy", "Script": str(noisy)},
+            {"Type": "idle", "Script": str(ok)},
+        ],
+        FailedTasksTTL=60,
+        StatsInterface=stats_address,
+    )
+    # Paused before the start: its entries stay queued, for the queue gauge.
+    goophry.redis.cli("SADD", goophry.keys.paused, "idle")
+    goophry.started(run_daemon(cfg))
+    for n in range(3):
+        goophry.push_args("ok", str(n))
+    goophry.push_args("bad", "1")
+    goophry.push_args("bad", "2")
+    goophry.push("bad", "not json")
+    goophry.push_args("noisy", "n")
+    goophry.push_args("idle", "i1")
+    goophry.push_args("idle", "i2")
+    stats_when(
+        stats_address,
+        lambda s: (
+            s["Succeeded"]["ok"] == 3
+            and s["Failed"] == {"ok": 0, "bad": 2, "noisy": 1, "idle": 0}
+            and s["Invalid"]["bad"] == 1
+        ),
+    )
+    goophry.wait_settled()
+
+    # The first scrape starts reading the queues; a later one shows them.
+    assert "goophry_queue_length" not in _metrics(stats_address)
+    wait_for(
+        lambda: "goophry_queue_length" in _metrics(stats_address),
+        10,
+        message="the queue gauges, after a scrape",
+    )
+    found = _metrics(stats_address)
+    histogram = found["goophry_task_duration_seconds"]
+    # One observation per task run; invalid entries never ran.
+    assert _by_type(histogram, "goophry_task_duration_seconds_count") == {
+        "ok": 3,
+        "bad": 2,
+        "noisy": 1,
+        "idle": 0,
+    }
+    failures = {
+        key: value
+        for key, value in _by_labels(
+            found["goophry_failures"], "goophry_failures_total", "type", "reason"
+        ).items()
+        if value
+    }
+    assert failures == {("bad", "exit"): 2, ("bad", "invalid"): 1, ("noisy", "output"): 1}
+    queued = _by_type(found["goophry_queue_length"], "goophry_queue_length")
+    assert queued == {"ok": 0, "bad": 0, "noisy": 0, "idle": 2}
+    failed = _by_type(found["goophry_failed_entries"], "goophry_failed_entries")
+    assert failed == {"ok": 0, "bad": 3, "noisy": 1, "idle": 0}
+    inflight = _by_type(found["goophry_inflight_entries"], "goophry_inflight_entries")
+    assert inflight == {"ok": 0, "bad": 0, "noisy": 0, "idle": 0}
+    paused = _by_type(found["goophry_type_paused"], "goophry_type_paused")
+    assert paused == {"ok": 0, "bad": 0, "noisy": 0, "idle": 1}
+
+
+def test_the_recovery_of_a_killed_instance_is_counted(
+    goophry: Goophry,
+    tmp_path: Path,
+    write_config: Callable[..., Path],
+    run_daemon: Callable[..., DaemonProcess],
+    stats_address: str,
+) -> None:
+    release = tmp_path / "release"
+    wait = goophry.script("wait.sh", shell_wait_for(release))
+    tasks = [{"Type": "w", "Script": str(wait)}]
+    killed = goophry.started(run_daemon(write_config(Tasks=tasks, InstanceTimeout=3)))
+    goophry.push_args("w", "x")
+    wait_for(lambda: goophry.inflight_keys(), 10, message=killed.log_text)
+    survivor = goophry.started(
+        run_daemon(
+            write_config(
+                Tasks=tasks,
+                InstanceTimeout=3,
+                StatsInterface=stats_address,
+                filename="survivor.config.json",
+            )
+        )
+    )
+    recoveries = _metrics(stats_address)["goophry_recoveries"]
+    assert recoveries.samples[0].value == 0
+    killed.kill()
+    gone = survivor.wait_for_log("is gone", timeout=15)
+    assert f":{killed.pid}:" in gone
+    recoveries = _metrics(stats_address)["goophry_recoveries"]
+    assert recoveries.samples[0].value == 1
+    release.touch()

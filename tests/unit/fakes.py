@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from goophry_tx.process.spawn import SpawnError
-from goophry_tx.redis import Command, ConnectionError, IRedisLink
+from goophry_tx.redis import Command, ConnectionError, ISubscriber, ISubscribingLink
 
 T = TypeVar("T")
 
@@ -250,12 +250,13 @@ class SentCommand:
         self.deferred.errback(Failure(error))
 
 
-@implementer(IRedisLink)
+@implementer(ISubscribingLink)
 class FakeRedisLink:
     """
     An L{IRedisLink} that the test answers.  Every command is kept (in
     C{sent}, and in C{pending} until answered); C{lose_connection} fails the
-    pending ones with L{ConnectionError}, as a dropped connection does.
+    pending ones with L{ConnectionError}, as a dropped connection does.  A
+    link given a subscription tells its subscriber at every (re)connect.
     """
 
     def __init__(self, client_id: bytes = b"7", connected: bool = True) -> None:
@@ -266,6 +267,10 @@ class FakeRedisLink:
         self.sent: list[tuple[Any, ...]] = []
         self.pending: list[SentCommand] = []
         self._waiting: list[Deferred[None]] = []
+        self.subscription: tuple[str, ISubscriber] | None = None
+
+    def subscribe(self, channel: str, subscriber: ISubscriber) -> None:
+        self.subscription = (channel, subscriber)
 
     def _send(self, command: tuple[Any, ...]) -> Deferred[Any]:
         self.sent.append(command)
@@ -325,3 +330,11 @@ class FakeRedisLink:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
+        if self.subscription is not None:
+            self.subscription[1].subscribed()
+
+    def publish(self, data: bytes) -> None:
+        """A message arrives on the subscribed channel."""
+        assert self.subscription is not None, "not subscribed"
+        channel, subscriber = self.subscription
+        subscriber.message(channel.encode(), data)

@@ -226,7 +226,12 @@ def test_failure_moves_the_entry_to_the_failed_list_with_its_ttl() -> None:
     [sent] = rig.control.pending
     assert sent.command == (
         "MULTI",
-        ("RPUSH", FAILED, b'{"Args":["a","b"],"ErrorMessage":"exit status 1\\nboom"}'),
+        (
+            "RPUSH",
+            FAILED,
+            b'{"Args":["a","b"],"ErrorMessage":"exit status 1\\nboom",'
+            b'"FailedAt":0,"Instance":"i1"}',
+        ),
         ("EXPIRE", FAILED, 60),
         ("LREM", INFLIGHT, -1, payload),
     )
@@ -260,7 +265,8 @@ def test_a_script_that_cannot_start_fails_and_frees_its_worker() -> None:
     assert sent.command[1] == (
         "RPUSH",
         FAILED,
-        b'{"Args":["a"],"ErrorMessage":"fork/exec /s/task.sh: no such file or directory"}',
+        b'{"Args":["a"],"ErrorMessage":"fork/exec /s/task.sh: no such file or directory",'
+        b'"FailedAt":0,"Instance":"i1"}',
     )
     assert (rig.counters.started, rig.counters.running, rig.counters.failed) == (1, 0, 1)
     assert [p.command for p in rig.blocking.pending] == [blmove()]
@@ -279,6 +285,8 @@ def test_an_invalid_entry_goes_to_the_failed_list_with_its_payload() -> None:
         "Args": None,
         "ErrorMessage": reason,
         "Payload": '{"Args":"x"}',
+        "FailedAt": 0,
+        "Instance": "i1",
     }
     assert sent.command[2:] == (("EXPIRE", FAILED, 60), ("LREM", INFLIGHT, -1, payload))
     assert (rig.counters.invalid, rig.counters.started) == (1, 0)
@@ -484,7 +492,8 @@ def test_the_type_timeout_applies_to_its_scripts() -> None:
     assert sent.command[1] == (
         "RPUSH",
         FAILED,
-        b'{"Args":["slow"],"ErrorMessage":"timed out after 30s (signal: terminated)"}',
+        b'{"Args":["slow"],"ErrorMessage":"timed out after 30s (signal: terminated)",'
+        b'"FailedAt":30,"Instance":"i1"}',
     )
 
 
@@ -580,7 +589,7 @@ def test_a_take_script_that_cannot_be_loaded_is_retried_after_a_pause() -> None:
     rig.give(entry("a"))
     rig.blocking.take("EVALSHA").refuse(ResponseError("NOSCRIPT No matching script."))
     rig.blocking.take("SCRIPT").refuse(ResponseError("ERR scripting disabled"))
-    assert rig.consumer.state is State.PAUSED
+    assert rig.consumer.state is State.RETRYING
     assert rig.blocking.pending == []
     rig.clock.advance(5.0)
     assert [p.command for p in rig.blocking.pending] == [evalsha(TAKE_SHA, 2)]
@@ -685,6 +694,130 @@ def test_a_raise_while_starting_a_taken_entry_is_logged_and_taking_goes_on(
         rig.give(entry("a"))
     [event] = [e for e in events if "log_failure" in e]
     assert event["log_failure"].check(RuntimeError)
-    assert rig.consumer.state is State.PAUSED
+    assert rig.consumer.state is State.RETRYING
     rig.clock.advance(5.0)
     assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+# Pausing a type
+
+
+def test_a_pause_while_taking_unblocks_and_holds(rig: Rig) -> None:
+    rig.start()
+    rig.consumer.pause()
+    assert rig.consumer.state is State.HOLDING
+    assert [p.command for p in rig.control.pending] == [("CLIENT", "UNBLOCK", b"42")]
+    rig.control.take("CLIENT").answer(1)
+    rig.give(None)
+    assert rig.consumer.state is State.HELD
+    rig.clock.advance(60)
+    assert rig.blocking.pending == []
+    assert rig.control.pending == []
+
+
+def test_an_entry_the_pending_take_brought_goes_back_unrun(rig: Rig) -> None:
+    rig.start()
+    rig.consumer.pause()
+    payload = entry("late")
+    # The BLMOVE took it before the CLIENT UNBLOCK reached Redis.
+    rig.give(payload)
+    assert rig.scripts() == []
+    assert rig.consumer.state is State.HELD
+    assert [p.command for p in rig.control.pending if p.name == "MULTI"] == [
+        ("MULTI", ("LREM", INFLIGHT, -1, payload), ("LPUSH", QUEUE, payload))
+    ]
+    # Not a requeue of a run: nothing was started.
+    assert (rig.counters.started, rig.counters.requeued) == (0, 0)
+    # No CLIENT UNBLOCK is sent after the take has ended.
+    rig.clock.advance(1)
+    assert [p.name for p in rig.control.pending] == ["CLIENT", "MULTI"]
+
+
+def test_resume_takes_again(rig: Rig) -> None:
+    rig.start()
+    rig.consumer.pause()
+    rig.give(None)
+    rig.consumer.resume()
+    assert rig.consumer.state is State.TAKING
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_resume_before_the_take_has_ended_takes_again_once_it_has(rig: Rig) -> None:
+    rig.start()
+    rig.consumer.pause()
+    rig.consumer.resume()
+    assert rig.consumer.state is State.HOLDING
+    rig.give(None)
+    assert rig.consumer.state is State.TAKING
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_running_scripts_finish_while_paused_and_free_no_take(rig: Rig) -> None:
+    rig.start()
+    payload = entry("a")
+    rig.give(payload)
+    assert rig.consumer.state is State.FULL
+    rig.consumer.pause()
+    # Waiting for a worker, not blocked in Redis: nothing to unblock.
+    assert rig.consumer.state is State.HELD
+    assert rig.control.pending == []
+    assert rig.scripts()[0].transport.signals == []
+    rig.scripts()[0].end(0)
+    assert rig.counters.succeeded == 1
+    assert rig.blocking.pending == []
+    assert rig.consumer.state is State.HELD
+    rig.consumer.resume()
+    assert [p.command for p in rig.blocking.pending] == [blmove()]
+
+
+def test_a_consumer_paused_before_it_starts_reconciles_then_holds(rig: Rig) -> None:
+    rig.consumer.pause()
+    rig.consumer.start(rig.take)
+    assert rig.consumer.state is State.RECONCILING
+    rig.control.take("EVAL").answer(0)
+    assert rig.consumer.state is State.HELD
+    assert rig.blocking.sent == []
+
+
+def test_a_take_lost_with_the_connection_while_pausing_holds_after_the_reconcile(
+    rig: Rig,
+) -> None:
+    rig.start()
+    rig.consumer.pause()
+    rig.control.take("CLIENT").answer(0)
+    rig.blocking.lose_connection()
+    assert rig.consumer.state is State.RETRYING
+    # The CLIENT UNBLOCKs end with the take.
+    rig.clock.advance(1)
+    assert rig.control.pending == []
+    rig.blocking.reconnect()
+    rig.control.take("EVAL").answer(0)
+    assert rig.consumer.state is State.HELD
+    assert rig.blocking.pending == []
+
+
+def test_a_stop_while_pausing_goes_on_unblocking_and_fires_when_the_take_ends(rig: Rig) -> None:
+    rig.start()
+    rig.consumer.pause()
+    stopped = rig.consumer.stop()
+    assert rig.consumer.state is State.UNBLOCKING
+    rig.control.take("CLIENT").answer(0)
+    rig.clock.advance(0.2)
+    assert [p.command for p in rig.control.pending] == [("CLIENT", "UNBLOCK", b"42")]
+    rig.give(None)
+    assert success_result_of(stopped) is None
+    assert rig.consumer.state is State.STOPPED
+
+
+def test_a_stop_while_held_fires_once_the_scripts_are_done(rig: Rig) -> None:
+    rig.start()
+    rig.give(entry("a"))
+    rig.consumer.pause()
+    stopped = rig.consumer.stop()
+    assert rig.consumer.state is State.STOPPED
+    assert_no_result(stopped)
+    rig.scripts()[0].end(0)
+    assert success_result_of(stopped) is None
+    # A resume after the stop takes nothing.
+    rig.consumer.resume()
+    assert rig.blocking.pending == []

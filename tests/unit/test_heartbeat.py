@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
@@ -188,3 +189,61 @@ def test_a_redis_that_has_only_just_started_makes_the_first_beats_look_for_no_on
         r.clock.advance(INTERVAL)
         r.answer_beat()
     assert r.beats() == ["0", "0", "0", "1"]
+
+
+def test_each_beat_reads_what_else_is_read_per_beat_and_the_first_waits_for_it() -> None:
+    clock = Clock()
+    link = FakeRedisLink()
+    reads: list[Deferred[None]] = []
+
+    def read() -> Deferred[None]:
+        reads.append(link.execute("SMEMBERS", "q:paused").addCallback(lambda _: None))
+        return reads[-1]
+
+    heartbeat = HeartbeatService(
+        link, Keys("q"), "i1", ["a"], clock, TIMEOUT, 3, lambda a: None, on_beat=read
+    )
+    heartbeat.startService()
+    # In the same round trip as the beat.
+    assert link.names() == ["EVAL", "SMEMBERS"]
+    beating = heartbeat.when_beating()
+    link.take("EVAL").answer([])
+    assert_no_result(beating)
+    link.take("SMEMBERS").answer([])
+    success_result_of(beating)
+    clock.advance(INTERVAL)
+    assert link.names() == ["EVAL", "SMEMBERS"]
+    assert len(reads) == 2
+
+
+def test_the_record_says_when_the_instance_started() -> None:
+    r = rig()
+    r.heartbeat.startService()
+    record = json.loads(r.link.sent[0][9])
+    assert record["started"] == 1000
+    assert record["types"] == ["a", "b"]
+
+
+def test_each_dead_instance_recovered_is_counted() -> None:
+    clock = Clock()
+    link = FakeRedisLink()
+    recovered: list[None] = []
+    heartbeat = HeartbeatService(
+        link,
+        Keys("q"),
+        "i1",
+        ["a"],
+        clock,
+        TIMEOUT,
+        3,
+        lambda a: None,
+        on_recovered=lambda: recovered.append(None),
+    )
+    heartbeat.log = Logger(observer=lambda event: None)
+    heartbeat.startService()
+    link.take("EVAL").answer([b"dead1", b"dead2"])
+    # dead1 had entries to put back; dead2 had none and is only unregistered.
+    link.take("EVAL").answer([b"2"])
+    assert recovered == [None]
+    link.take("EVAL").answer([])
+    assert recovered == [None]

@@ -42,8 +42,13 @@ class Rig:
         return [str(p.args[1]) for p in self.processes.spawned]
 
 
+#: The time of the rig's clock: a failure stored says when, in whole seconds.
+NOW = 1764669185.75
+
+
 def make_rig() -> Rig:
     clock, link, processes = Clock(), FakeRedisLink(), MemoryProcessReactor()
+    clock.advance(NOW)
     store = OutcomeStore(link, Keys("q"), "me", 60, clock)
     notifier = ErrorNotifier(ScriptRunner(processes, clock), ERROR_SCRIPT)
     counters = type_counters(["mail"])
@@ -73,7 +78,11 @@ def test_a_failure_is_counted_stored_and_told() -> None:
     rig.outcomes.failed(task("a"), Outcome(exit_code=3, duration=1.0))
     assert (rig.mail.running, rig.mail.failed) == (0, 1)
     [(multi, rpush, expire, lrem)] = rig.commands()
-    assert rpush == ("RPUSH", FAILED, b'{"Args":["a"],"ErrorMessage":"exit status 3"}')
+    assert rpush == (
+        "RPUSH",
+        FAILED,
+        b'{"Args":["a"],"ErrorMessage":"exit status 3","FailedAt":1764669185,"Instance":"me"}',
+    )
     assert rig.told() == [f'{SCRIPT} "a"\n\nexit status 3']
 
 
@@ -107,7 +116,12 @@ def test_an_abandoned_entry_is_a_failure_stored_and_told() -> None:
     assert rig.mail.failed == 1
     [(multi, rpush, expire, lrem)] = rig.commands()
     error = "abandoned after 3 recoveries: the daemon running it died each time (last dead:1)"
-    assert json.loads(rpush[2]) == {"Args": ["a"], "ErrorMessage": error}
+    assert json.loads(rpush[2]) == {
+        "Args": ["a"],
+        "ErrorMessage": error,
+        "FailedAt": 1764669185,
+        "Instance": "me",
+    }
     assert rig.told() == [f'{SCRIPT} "a"\n\n{error}']
 
 

@@ -7,12 +7,16 @@ import txredisapi
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from goophry_tx.redis import (
     ConnectionError,
     IRedisLink,
+    ISubscriber,
+    ISubscribingLink,
     RedisHealth,
     RedisLink,
     ResponseError,
@@ -35,6 +39,8 @@ def test_the_link_and_its_fake_provide_the_interface() -> None:
     )
     assert verifyObject(IRedisLink, link)
     assert verifyObject(IRedisLink, FakeRedisLink())
+    assert verifyObject(ISubscribingLink, link)
+    assert verifyObject(ISubscribingLink, FakeRedisLink())
 
 
 def test_a_link_that_is_down_fails_commands_with_connection_error() -> None:
@@ -82,6 +88,50 @@ def test_txredisapi_still_has_the_internals_this_package_uses() -> None:
         "goophry_tx.redis._Protocol must be rewritten for it"
     )
     assert isinstance(protocol.replyQueue.waiting, list)
+
+
+@implementer(ISubscriber)
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bytes]] = []
+
+    def subscribed(self) -> None:
+        raise AssertionError("the protocol never says so: its link does")
+
+    def message(self, channel: bytes, data: bytes) -> None:
+        self.messages.append((channel, data))
+
+
+def test_a_subscribed_connection_passes_messages_on_and_replies_in_order() -> None:
+    protocol, transport = _protocol()
+    # Before SUBSCRIBE, a reply that looks like a message is a reply.
+    d = protocol.send(encode_command(("LRANGE", "k", 0, -1)))
+    protocol.dataReceived(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n")
+    assert success_result_of(d) == [b"message", b"c", b"x"]
+    listener = Listener()
+    protocol.listener = listener
+    subscribed = protocol.send(encode_command(("SUBSCRIBE", "q:paused")))
+    protocol.dataReceived(
+        b"*3\r\n$9\r\nsubscribe\r\n$8\r\nq:paused\r\n:1\r\n"
+        b"*3\r\n$7\r\nmessage\r\n$8\r\nq:paused\r\n$7\r\npause t\r\n"
+    )
+    assert success_result_of(subscribed) == [b"subscribe", b"q:paused", 1]
+    assert listener.messages == [(b"q:paused", b"pause t")]
+
+
+def test_health_tells_when_redis_is_back_after_an_outage() -> None:
+    clock = Clock()
+    back: list[None] = []
+    health = RedisHealth(clock, "127.0.0.1:6379", on_back=lambda: back.append(None))
+    health.log = Logger(observer=lambda event: None)
+    health.up("control")
+    assert back == []
+    health.down("control", "refused")
+    health.down("take:0", "refused")
+    health.up("control")
+    assert back == []
+    health.up("take:0")
+    assert back == [None]
 
 
 def test_send_writes_the_command_and_fires_with_its_reply() -> None:

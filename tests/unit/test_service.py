@@ -15,7 +15,7 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from goophry_tx.config import Config, TaskType
-from goophry_tx.consumer import AtMostOnceTake, AtomicTake
+from goophry_tx.consumer import AtMostOnceTake, AtomicTake, State
 from goophry_tx.recovery import BEAT_SCRIPT, LEAVE_SCRIPT, RECOVER_SCRIPT
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
 from goophry_tx.service import GoophryService, Phase, parse_redis_version
@@ -131,6 +131,7 @@ class Tree:
         self.control.take("INFO").answer(INFO)
         self.control.take("HGETALL").answer([])
         self.control.take("EVAL").answer([])
+        self.control.take("SMEMBERS").answer([])
         assert self.service.phase is Phase.CONSUMING
         return self.take()
 
@@ -163,7 +164,7 @@ def tree(shutdown_timeout: float = 0.0) -> Tree:
 def test_the_links_start_then_redis_is_asked_then_the_heartbeat_then_the_consumers() -> None:
     t = tree()
     t.service.startService()
-    assert t.take() == ["start control", "start take:0", "start take:1"]
+    assert t.take() == ["start control", "start take:0", "start take:1", "start pause"]
     assert t.service.phase is Phase.STARTING
     # Nothing is asked before the control link is up.
     t.reactor.advance(10)
@@ -174,12 +175,20 @@ def test_the_links_start_then_redis_is_asked_then_the_heartbeat_then_the_consume
     t.control.take("INFO").answer(INFO)
     assert t.take() == ["control: HGETALL"]
     t.control.take("HGETALL").answer([])
-    # The heartbeat is a child now; its first beat registers this instance.
-    assert t.take() == ["control: BEAT"]
+    # The heartbeat is a child now; its first beat registers this instance
+    # and reads the paused types.
+    assert t.take() == ["control: BEAT", "control: SMEMBERS"]
     assert t.service.heartbeat.parent is t.service
     assert t.service.phase is Phase.STARTING
     t.control.take("EVAL").answer([])
+    assert t.service.phase is Phase.STARTING
+    t.control.take("SMEMBERS").answer([b"u"])
     assert t.service.phase is Phase.CONSUMING
+    # A type paused when the daemon starts is held from the first.
+    held = {c.task_type.type: c.state for c in t.service.consumers}
+    assert held == {"t": State.RECONCILING, "u": State.RECONCILING}
+    assert [c.paused for c in t.service.consumers] == [False, True]
+    assert t.service.stats.paused == {"u"}
     # The heartbeat's timer, nothing else.
     [beat] = t.reactor.getDelayedCalls()
     assert beat.getTime() == t.reactor.seconds() + t.service.heartbeat.interval
@@ -195,7 +204,7 @@ def test_the_stop_goes_consumers_heartbeat_links_spawner_and_leaves_no_timer() -
     assert t.take() == ["control: LEAVE"]
     assert_no_result(stopped)
     t.control.take("EVAL").answer(1)
-    assert t.take() == ["stop take:1", "stop take:0", "stop control", "close spawner"]
+    assert t.take() == ["stop pause", "stop take:1", "stop take:0", "stop control", "close spawner"]
     success_result_of(stopped)
     assert t.service.phase is Phase.IDLE
     assert t.service.heartbeat.parent is None
@@ -212,11 +221,12 @@ def test_a_stop_while_the_first_beat_is_under_way_waits_for_it_then_unregisters(
     stopped = t.service.stopService()
     assert t.take() == []
     t.control.take("EVAL").answer([])
+    t.control.take("SMEMBERS").answer([])
     # The consumers never started.
     assert t.service.phase is Phase.STOPPING
     assert t.take() == ["control: LEAVE"]
     t.control.take("EVAL").answer(1)
-    assert t.take() == ["stop take:1", "stop take:0", "stop control", "close spawner"]
+    assert t.take() == ["stop pause", "stop take:1", "stop take:0", "stop control", "close spawner"]
     success_result_of(stopped)
     assert t.reactor.getDelayedCalls() == []
 
@@ -229,7 +239,7 @@ def test_a_stop_before_redis_answers_cancels_the_wait_and_never_registers() -> N
     stopped = t.service.stopService()
     # The INFO still waiting for its answer is given up.
     assert t.control.pending == []
-    assert t.take() == ["stop take:1", "stop take:0", "stop control", "close spawner"]
+    assert t.take() == ["stop pause", "stop take:1", "stop take:0", "stop control", "close spawner"]
     success_result_of(stopped)
     assert t.reactor.getDelayedCalls() == []
 
@@ -290,3 +300,55 @@ def test_a_redis_link_stopped_between_attempts_cancels_the_next_one() -> None:
     assert clock.getDelayedCalls() == []
     clock.advance(60)
     assert endpoint.attempts == 2
+
+
+# --------------------------------------------------------------------------
+# What the service wires together: pausing, the metrics' readers and counters
+
+
+def test_pause_messages_reach_the_consumers_and_every_beat_reads_the_set() -> None:
+    t = tree()
+    t.started()
+    [pause] = [s for s in t.service if getattr(s, "purpose", None) == "pause"]
+    assert isinstance(pause, LinkService)
+    assert pause.subscription is not None and pause.subscription[0] == "q:paused"
+    pause.reconnect()
+    # Subscribed (again): what was missed meanwhile is read from the set.
+    assert t.take() == ["control: SMEMBERS"]
+    t.control.take("SMEMBERS").answer([])
+    pause.publish(b"pause u")
+    assert [c.paused for c in t.service.consumers] == [False, True]
+    assert t.service.stats.as_json()["Paused"] == {"t": False, "u": True}
+    pause.publish(b"resume u")
+    assert t.service.stats.as_json()["Paused"] == {"t": False, "u": False}
+    # The backstop: one read per beat.
+    t.reactor.advance(t.service.heartbeat.interval)
+    assert t.take() == ["control: BEAT", "control: SMEMBERS"]
+
+
+def test_the_queue_figures_are_read_for_the_configured_types() -> None:
+    t = tree()
+    t.started()
+    assert t.service.stats.read_queues is not None
+    d = t.service.stats.read_queues()
+    t.control.take("HKEYS").answer([b"i1"])
+    figures = t.control.take("MULTI")
+    assert figures.command == (
+        "MULTI",
+        ("LLEN", "q:t"),
+        ("LLEN", "q:t:failed"),
+        ("LLEN", "q:t:inflight:i1"),
+        ("LLEN", "q:u"),
+        ("LLEN", "q:u:failed"),
+        ("LLEN", "q:u:inflight:i1"),
+    )
+    figures.answer([1, 2, 3, 4, 5, 6])
+    assert {name: f.queued for name, f in success_result_of(d).items()} == {"t": 1, "u": 4}
+
+
+def test_redis_coming_back_is_counted() -> None:
+    t = tree()
+    t.service.health.log = Logger(observer=lambda event: None)
+    t.service.health.down("control", "refused")
+    t.service.health.up("control")
+    assert t.service.stats.redis_reconnects == 1

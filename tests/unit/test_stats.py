@@ -428,3 +428,12 @@ def test_any_method_is_answered_as_the_original_did(stats: Stats) -> None:
     response = success_result_of(client(stats).post("http://stats.test/stats/", data=b""))
     assert response.code == 200
     assert "TaskCount" in json.loads(success_result_of(response.content()))
+
+
+def test_the_metrics_say_which_types_are_paused(stats: Stats) -> None:
+    stats.paused.update({"mail", "run elsewhere"})
+    found = families(metrics(client(stats))[1])
+    assert samples(found["goophry_type_paused"]) == {
+        (("type", "mail"),): 1,
+        (("type", 'odd "type"'),): 0,
+    }

@@ -160,17 +160,25 @@ def test_error_script_message_without_args() -> None:
 
 def test_failed_entry_of_a_task_keeps_its_args() -> None:
     task = Task("t", ("p1", "ü"), b'{"Args":["p1","\\u00fc"]}')
-    record = failed_entry(task, "exit status 1")
-    assert record == '{"Args":["p1","ü"],"ErrorMessage":"exit status 1"}'.encode()
+    record = failed_entry(task, "exit status 1", 1764669185, "web1:42:9f3a1c2e")
+    assert (
+        record
+        == (
+            '{"Args":["p1","ü"],"ErrorMessage":"exit status 1",'
+            '"FailedAt":1764669185,"Instance":"web1:42:9f3a1c2e"}'
+        ).encode()
+    )
 
 
 def test_failed_entry_of_an_invalid_entry_keeps_the_raw_payload() -> None:
     entry = parse_entry("t", b'{"Args":"x"}')
     assert isinstance(entry, InvalidEntry)
-    assert json.loads(failed_entry(entry, entry.reason)) == {
+    assert json.loads(failed_entry(entry, entry.reason, 1764669185, "i1")) == {
         "Args": None,
         "ErrorMessage": "invalid task entry: Args must be an array of strings",
         "Payload": '{"Args":"x"}',
+        "FailedAt": 1764669185,
+        "Instance": "i1",
     }
 
 
@@ -178,7 +186,7 @@ def test_failed_entry_of_non_utf8_adds_base64() -> None:
     payload = b'{"Args":["\xff"]}'
     entry = parse_entry("t", payload)
     assert isinstance(entry, InvalidEntry)
-    record = json.loads(failed_entry(entry, entry.reason))
+    record = json.loads(failed_entry(entry, entry.reason, 1764669185, "i1"))
     assert record["Args"] is None
     assert record["Payload"] == '{"Args":["\\xff"]}'
     assert base64.b64decode(record["PayloadBase64"]) == payload
