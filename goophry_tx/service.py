@@ -31,6 +31,7 @@ from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, split_host_port
+from goophry_tx.connect import connection_check, redis_endpoint
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
@@ -160,16 +161,13 @@ class GoophryService(MultiService):
                 username=config.redis_username,
                 db=config.redis_db,
                 client_name=f"goophry:{purpose}",
+                check=connection_check(config),
             )
 
         return link
 
     def _redis_endpoint(self) -> IStreamClientEndpoint:
-        config = self.config
-        if config.redis_network == "unix":
-            return endpoints.UNIXClientEndpoint(self._reactor, config.redis_address, timeout=5)
-        host, port = config.redis_host_port
-        return endpoints.HostnameEndpoint(self._reactor, host, port, timeout=5)
+        return redis_endpoint(self._reactor, self.config)
 
     def _stats_service(self) -> StreamServerEndpointService:
         config = self.config

@@ -1,6 +1,8 @@
 """
-TLS for the stats server: a certificate chain and its key, read and checked
-at start so that a bad file stops the daemon with a clear message.
+TLS options, both ways: a certificate chain and its key for the stats
+server, and verified connections to Redis.  Every file is read and checked
+at start, so that a bad one stops the daemon with a message naming its
+setting.
 """
 
 from __future__ import annotations
@@ -8,11 +10,67 @@ from __future__ import annotations
 import re
 
 from OpenSSL import SSL, crypto
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 
 from goophry_tx.config import ConfigError
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+class _Files:
+    """Reads the PEM files of one configuration, naming the setting in every error."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, name: str, path: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {name}: {path}: {problem}")
+
+    def read(self, name: str, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise self.fail(name, path, f"cannot read: {e.strerror}") from None
+
+    def certificates(self, name: str, path: str) -> list[crypto.X509]:
+        """Every certificate in a PEM file, in order; at least one."""
+        blocks = _PEM_CERT.findall(self.read(name, path))
+        if not blocks:
+            raise self.fail(name, path, "no PEM certificate in it")
+        try:
+            return [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
+        except crypto.Error as e:
+            raise self.fail(name, path, f"not a valid certificate: {e}") from None
+
+    def key_pair(
+        self, cert_name: str, cert_file: str, key_name: str, key_file: str
+    ) -> tuple[list[crypto.X509], crypto.PKey]:
+        """A chain (leaf first) and the private key that matches its leaf."""
+        chain = self.certificates(cert_name, cert_file)
+        key_pem = self.read(key_name, key_file)
+        try:
+            key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        except crypto.Error as e:
+            raise self.fail(key_name, key_file, f"not a valid private key: {e}") from None
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(chain[0].to_cryptography())
+        try:
+            context.use_privatekey(key.to_cryptography_key())  # type: ignore[arg-type]
+            context.check_privatekey()
+        except SSL.Error:
+            raise self.fail(
+                key_name, key_file, f"does not match the certificate in {cert_file}"
+            ) from None
+        return chain, key
 
 
 def server_tls_options(cert_file: str, key_file: str, source: str) -> CertificateOptions:
@@ -22,46 +80,41 @@ def server_tls_options(cert_file: str, key_file: str, source: str) -> Certificat
 
     @raise ConfigError: naming the setting when a file cannot be used.
     """
-
-    def fail(name: str, path: str, problem: str) -> ConfigError:
-        return ConfigError(f"{source}: {name}: {path}: {problem}")
-
-    try:
-        with open(cert_file, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        raise fail("StatsTLSCertFile", cert_file, f"cannot read: {e.strerror}") from None
-    try:
-        with open(key_file, "rb") as f:
-            key_pem = f.read()
-    except OSError as e:
-        raise fail("StatsTLSKeyFile", key_file, f"cannot read: {e.strerror}") from None
-
-    blocks = _PEM_CERT.findall(pem)
-    if not blocks:
-        raise fail("StatsTLSCertFile", cert_file, "no PEM certificate in it")
-    try:
-        chain = [crypto.load_certificate(crypto.FILETYPE_PEM, block) for block in blocks]
-    except crypto.Error as e:
-        raise fail("StatsTLSCertFile", cert_file, f"not a valid certificate: {e}") from None
-    try:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
-    except crypto.Error as e:
-        raise fail("StatsTLSKeyFile", key_file, f"not a valid private key: {e}") from None
-
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.use_certificate(chain[0].to_cryptography())
-    try:
-        context.use_privatekey(key.to_cryptography_key())  # type: ignore[arg-type]
-        context.check_privatekey()
-    except SSL.Error:
-        raise fail(
-            "StatsTLSKeyFile", key_file, f"does not match the certificate in {cert_file}"
-        ) from None
-
+    chain, key = _Files(source).key_pair("StatsTLSCertFile", cert_file, "StatsTLSKeyFile", key_file)
     return CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
+
+
+def client_tls_options(
+    server_name: str,
+    source: str,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Options for a TLS 1.2 or newer connection to Redis that verifies the
+    server's certificate and its name (service-identity).
+
+    @param server_name: the host name or IP address the certificate must name.
+    @param ca_file: the certificates to trust (PEM, one or more); the
+        system's trust store when not given.
+    @param cert_file: a client certificate chain (leaf first), with its key
+        in C{key_file}, for servers that ask for one.
+    @raise ConfigError: naming the setting when a file cannot be used.
+    """
+    files = _Files(source)
+    if ca_file is None:
+        trust = platformTrust()
+    else:
+        roots = files.certificates("RedisTLSCAFile", ca_file)
+        trust = trustRootFromCertificates([Certificate(root) for root in roots])
+    extra: dict[str, object] = {"raiseMinimumTo": TLSVersion.TLSv1_2}
+    if cert_file is not None and key_file is not None:
+        chain, key = files.key_pair("RedisTLSCertFile", cert_file, "RedisTLSKeyFile", key_file)
+        extra.update(privateKey=key, certificate=chain[0], extraCertChain=chain[1:])
+    return optionsForClientTLS(server_name, trustRoot=trust, extraCertificateOptions=extra)

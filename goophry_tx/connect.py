@@ -1,0 +1,190 @@
+"""
+Where the Redis links connect to, built from the configuration: a unix
+socket, a TCP address, either over verified TLS, or whichever server the
+Sentinels name as the master at the moment of each connection.
+
+Built here, not in the service, so that every program that talks to Redis
+(the daemon, goophry-ctl) connects the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import txredisapi
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from goophry_tx.config import Config
+from goophry_tx.redis import ConnectionError, ResponseError, Run
+from goophry_tx.tls import client_tls_options
+
+#: Seconds to connect to a server, or to wait for a sentinel's answer.
+CONNECT_TIMEOUT = 5.0
+
+
+def redis_endpoint(reactor: Any, config: Config) -> IStreamClientEndpoint:
+    """
+    The endpoint that reaches the Redis master of C{config}.
+
+    @param reactor: an L{IReactorTCP<twisted.internet.interfaces.IReactorTCP>}
+        and L{IReactorTime<twisted.internet.interfaces.IReactorTime>} (and
+        L{IReactorUNIX<twisted.internet.interfaces.IReactorUNIX>} for a socket).
+    """
+    if config.redis_sentinels:
+        return SentinelEndpoint(
+            reactor,
+            [
+                (f"{host}:{port}", tcp_endpoint(reactor, config, host, port))
+                for host, port in config.redis_sentinels
+            ],
+            config.redis_sentinel_master or "",
+            lambda host, port: tcp_endpoint(reactor, config, host, port),
+            username=config.redis_sentinel_username,
+            password=config.redis_sentinel_password,
+        )
+    if config.redis_network == "unix":
+        return endpoints.UNIXClientEndpoint(reactor, config.redis_address, timeout=CONNECT_TIMEOUT)
+    host, port = config.redis_host_port
+    return tcp_endpoint(reactor, config, host, port)
+
+
+def tcp_endpoint(reactor: Any, config: Config, host: str, port: int) -> IStreamClientEndpoint:
+    """
+    A TCP endpoint to C{host:port}, over TLS when RedisTLS is set: the
+    server's certificate must chain to RedisTLSCAFile (or the system's
+    trust store) and name RedisTLSServerName, or else C{host}.
+    """
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    if not config.redis_tls:
+        return endpoint
+    options = client_tls_options(
+        config.redis_tls_server_name or host,
+        config.path,
+        config.redis_tls_ca_file,
+        config.redis_tls_cert_file,
+        config.redis_tls_key_file,
+    )
+    return endpoints.wrapClientTLS(options, endpoint)
+
+
+def connection_check(config: Config) -> Callable[[Run], Deferred[None]] | None:
+    """
+    What a Redis link checks on each new connection before using it: with
+    Sentinel, that the server is the master (a failover may have made it a
+    replica since the sentinels named it).
+    """
+    return check_master if config.redis_sentinels else None
+
+
+def check_master(run: Run) -> Deferred[None]:
+    """
+    Fail unless C{ROLE} says master: a replica refuses writes, and its
+    blocking commands would never see what producers push to the master.
+    """
+
+    def master(role: Sequence[Any]) -> None:
+        if not role or role[0] != b"master":
+            kind = role[0].decode("ascii", "replace") if role else "nothing"
+            raise ResponseError(f"ROLE is {kind}, not master: asking the sentinels again")
+
+    d: Deferred[Any] = run("ROLE")
+    return d.addCallback(master)
+
+
+class _Query(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """A short connection to a sentinel, that remembers why it ended."""
+
+    why: Failure | None = None
+
+    def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted's name)
+        self.why = why
+        super().connectionLost(why)
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """
+    Connects to whichever server the sentinels name as the master now.
+
+    Each L{connect} asks them again, one after the other, so that a link
+    that lost its master (a failover) finds the new one when it
+    reconnects.  The sentinel that answered is asked first next time.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        sentinels: Sequence[tuple[str, IStreamClientEndpoint]],
+        master_name: str,
+        master_endpoint: Callable[[str, int], IStreamClientEndpoint],
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        """
+        @param clock: an L{IReactorTime<twisted.internet.interfaces.IReactorTime>}.
+        @param sentinels: each sentinel's address (for messages) and endpoint.
+        @param master_name: the name the sentinels monitor the master under.
+        @param master_endpoint: makes the endpoint of the master's host and port.
+        @param username: with C{password}, the sentinels' AUTH.
+        """
+        self._clock = clock
+        self._sentinels = list(sentinels)
+        self._master_name = master_name
+        self._master_endpoint = master_endpoint
+        self._username = username
+        self._password = password
+        self._timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        d = Deferred.fromCoroutine(self.master())
+        return d.addCallback(lambda hp: self._master_endpoint(*hp).connect(protocolFactory))
+
+    async def master(self) -> tuple[str, int]:
+        """
+        The master's host and port, from the first sentinel that knows it.
+
+        @raise ConnectError: saying what each sentinel answered, when none did.
+        """
+        problems = []
+        for index, (address, endpoint) in enumerate(list(self._sentinels)):
+            try:
+                reply = await self._ask(endpoint)
+            except (ConnectError, ConnectionError, ResponseError, TimeoutError, OSError) as e:
+                problems.append(f"{address}: {e}")
+                continue
+            if not isinstance(reply, list) or len(reply) != 2:
+                problems.append(f"{address}: does not know a master named {self._master_name}")
+                continue
+            self._sentinels.insert(0, self._sentinels.pop(index))
+            host, port = reply
+            return host.decode("utf-8"), int(port)
+        raise ConnectError(string="no sentinel named the master: " + "; ".join(problems))
+
+    async def _ask(self, endpoint: IStreamClientEndpoint) -> Any:
+        protocol = _Query(charset=None, convertNumbers=False)
+        connecting: Deferred[Any] = endpoints.connectProtocol(endpoint, protocol)
+        await connecting.addTimeout(self._timeout, self._clock)
+
+        async def run(*command: str) -> Any:
+            d: Deferred[Any] = protocol.execute_command(*command, apply_timeout=False)
+            try:
+                return await d.addTimeout(self._timeout, self._clock)
+            except ConnectionError:
+                why = protocol.why.getErrorMessage() if protocol.why else "no reason given"
+                raise ConnectionError(f"connection lost: {why}") from None
+
+        try:
+            if self._password is not None:
+                user = () if self._username is None else (self._username,)
+                await run("AUTH", *user, self._password)
+            return await run("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self._master_name)
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
