@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from goophry_tx.config import Config
 from goophry_tx.redis import ConnectionError, ResponseError, Run
-from goophry_tx.tls import client_tls_options
+from goophry_tx.tls import client_tls_options, lost_reason
 
 #: Seconds to connect to a server, or to wait for a sentinel's answer.
 CONNECT_TIMEOUT = 5.0
@@ -177,7 +177,7 @@ class SentinelEndpoint:
             try:
                 return await d.addTimeout(self._timeout, self._clock)
             except ConnectionError:
-                why = protocol.why.getErrorMessage() if protocol.why else "no reason given"
+                why = lost_reason(protocol.why) if protocol.why else "no reason given"
                 raise ConnectionError(f"connection lost: {why}") from None
 
         try:

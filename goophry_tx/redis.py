@@ -25,6 +25,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from goophry_tx.tls import lost_reason
+
 ConnectionError = txredisapi.ConnectionError
 ResponseError = txredisapi.ResponseError
 
@@ -369,7 +371,7 @@ class RedisLink(Service):
             return
         # Before it was ready too: a certificate refused in the TLS handshake
         # ends the connection here, and this is where its reason is told.
-        self._health.down(self.link_name, f"connection lost: {why.getErrorMessage()}")
+        self._health.down(self.link_name, f"connection lost: {lost_reason(why)}")
         self._schedule()
 
     # Using it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from OpenSSL import SSL, crypto
+from service_identity import VerificationError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
@@ -19,6 +20,7 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
+from twisted.python.failure import Failure
 
 from goophry_tx.config import ConfigError
 
@@ -118,3 +120,23 @@ def client_tls_options(
         chain, key = files.key_pair("RedisTLSCertFile", cert_file, "RedisTLSKeyFile", key_file)
         extra.update(privateKey=key, certificate=chain[0], extraCertChain=chain[1:])
     return optionsForClientTLS(server_name, trustRoot=trust, extraCertificateOptions=extra)
+
+
+def lost_reason(why: Failure) -> str:
+    """
+    Why a connection ended, said plainly when TLS refused it: OpenSSL's
+    reasons without their tuples, or the names a certificate lacks.
+    """
+    error = why.value
+    if isinstance(error, VerificationError):
+        names = []
+        for mismatch in error.errors:
+            wanted = mismatch.mismatched_id
+            name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", wanted)
+            names.append(name.decode("ascii") if isinstance(name, bytes) else str(name))
+        return f"TLS: the server's certificate is not for {', '.join(names)}"
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        reasons = [str(part[-1]) for part in error.args[0] if isinstance(part, tuple)]
+        if reasons:
+            return "TLS: " + ", ".join(reasons)
+    return why.getErrorMessage()

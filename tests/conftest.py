@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from tests import helpers
-from tests.helpers import DaemonProcess, RedisServer
+from tests.helpers import DaemonProcess, RedisServer, TLSRedisServer
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,29 @@ def make_redis_server(
 
     def make(port: int | None = None, **config: str) -> RedisServer:
         server = RedisServer(tmp_path_factory.mktemp("redis-own"), port=port, **config)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def make_tls_redis_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA
+) -> Iterator[Callable[..., TLSRedisServer]]:
+    """Factory for a test's own TLS-only redis-server, its certificates issued by ``tls_ca``.
+
+    ``make_tls_redis_server(auth_clients=True)`` demands a client certificate;
+    other keyword arguments are as for ``make_redis_server``.  The server's
+    ``ca_file``, ``client_cert`` and ``client_key`` are what a client needs.
+    """
+    servers: list[TLSRedisServer] = []
+
+    def make(auth_clients: bool = False, port: int | None = None, **config: str) -> TLSRedisServer:
+        directory = tmp_path_factory.mktemp("redis-tls")
+        server = TLSRedisServer(directory, tls_ca, auth_clients, port=port, **config)
         servers.append(server)
         return server.start()
 

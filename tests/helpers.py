@@ -13,12 +13,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+import trustme
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -141,25 +144,38 @@ class _Reader:
         raise ValueError(f"unexpected RESP reply {line!r}")
 
 
-def redis_command(host: str, port: int, *args: object, timeout: float = 10.0) -> RespValue:
+def redis_command(
+    host: str,
+    port: int,
+    *args: object,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> RespValue:
     """Run one Redis command on a fresh connection and return its reply.
 
     Simple strings and bulk strings come back as bytes, integers as int,
     arrays as lists, nil as None; an error reply raises RedisReplyError.
+    With ``context``, the connection is TLS.
     """
-    [reply] = redis_pipeline(host, port, args, timeout=timeout)
+    [reply] = redis_pipeline(host, port, args, timeout=timeout, context=context)
     return reply
 
 
 def redis_pipeline(
-    host: str, port: int, *commands: Sequence[object], timeout: float = 10.0
+    host: str,
+    port: int,
+    *commands: Sequence[object],
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> list[RespValue]:
     """Run several commands on one connection (e.g. MULTI ... EXEC), in order.
 
     Every reply is read before the first error reply is raised, so the
-    connection is never left half-read.
+    connection is never left half-read.  With ``context``, the connection is TLS.
     """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    plain = socket.create_connection((host, port), timeout=timeout)
+    sock = plain if context is None else context.wrap_socket(plain, server_hostname=host)
+    with sock:
         sock.sendall(b"".join(_encode_command(command) for command in commands))
         reader = _Reader(sock)
         replies: list[RespValue] = []
@@ -187,6 +203,8 @@ class RedisServer:
     """
 
     host = "127.0.0.1"
+    #: How the suite's own client connects: plain TCP unless TLS.
+    context: ssl.SSLContext | None = None
 
     def __init__(self, directory: Path, port: int | None = None, **config: str) -> None:
         self.dir = directory
@@ -220,7 +238,8 @@ class RedisServer:
     def answers(self) -> bool:
         """True when the server replies PONG (any failure counts as no)."""
         try:
-            return redis_command(self.host, self.port, "PING", timeout=1.0) == b"PONG"
+            reply = redis_command(self.host, self.port, "PING", timeout=1.0, context=self.context)
+            return reply == b"PONG"
         except (OSError, RedisReplyError):
             return False
 
@@ -272,11 +291,11 @@ class RedisServer:
 
     def cli(self, *args: object) -> RespValue:
         """Run one raw Redis command, e.g. ``server.cli("LRANGE", key, 0, -1)``."""
-        return redis_command(self.host, self.port, *args)
+        return redis_command(self.host, self.port, *args, context=self.context)
 
     def pipeline(self, *commands: Sequence[object]) -> list[RespValue]:
         """Several commands on one connection: ``pipeline(["MULTI"], [...], ["EXEC"])``."""
-        return redis_pipeline(self.host, self.port, *commands)
+        return redis_pipeline(self.host, self.port, *commands, context=self.context)
 
     def log_text(self) -> str:
         try:
@@ -286,6 +305,56 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.address} running={self.running()}>"
+
+
+class TLSRedisServer(RedisServer):
+    """A redis-server that speaks TLS only (``--port 0 --tls-port``).
+
+    Its certificate, for 127.0.0.1 and localhost, is issued by ``ca``; so is a
+    client certificate (``client_cert``, ``client_key``), which the server
+    demands with ``auth_clients=True``.  The suite's own client presents it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        ca: trustme.CA,
+        auth_clients: bool = False,
+        port: int | None = None,
+        **config: str,
+    ) -> None:
+        self.ca_file = directory / "ca.pem"
+        self.client_cert = directory / "client.pem"
+        self.client_key = directory / "client.key"
+        server_cert, server_key = directory / "server.pem", directory / "server.key"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(server_key))
+        client = ca.issue_cert("goophry-client")
+        client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+        client.private_key_pem.write_to_path(str(self.client_key))
+        super().__init__(
+            directory,
+            port,
+            tls_cert_file=str(server_cert),
+            tls_key_file=str(server_key),
+            tls_ca_cert_file=str(self.ca_file),
+            tls_auth_clients="yes" if auth_clients else "no",
+            **config,
+        )
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        self.context = context
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        at = argv.index("--port")
+        argv[at : at + 2] = ["--port", "0", "--tls-port", str(self.port)]
+        return argv
+
+    def __repr__(self) -> str:
+        return f"<TLSRedisServer {self.address} running={self.running()}>"
 
 
 # --------------------------------------------------------------------------
