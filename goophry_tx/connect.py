@@ -17,6 +17,8 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -73,28 +75,20 @@ def tcp_endpoint(reactor: Any, config: Config, host: str, port: int) -> IStreamC
     return endpoints.wrapClientTLS(options, endpoint)
 
 
-def connection_check(config: Config) -> Callable[[Run], Deferred[None]] | None:
+def connection_check(endpoint: IStreamClientEndpoint) -> Callable[[Run], Deferred[None]] | None:
     """
-    What a Redis link checks on each new connection before using it: with
-    Sentinel, that the server is the master (a failover may have made it a
-    replica since the sentinels named it).
+    What a Redis link to C{endpoint} checks on each new connection before
+    using it: with Sentinel, that the server is the master.
     """
-    return check_master if config.redis_sentinels else None
+    return endpoint.check_master if isinstance(endpoint, SentinelEndpoint) else None
 
 
-def check_master(run: Run) -> Deferred[None]:
-    """
-    Fail unless C{ROLE} says master: a replica refuses writes, and its
-    blocking commands would never see what producers push to the master.
-    """
-
-    def master(role: Sequence[Any]) -> None:
-        if not role or role[0] != b"master":
-            kind = role[0].decode("ascii", "replace") if role else "nothing"
-            raise ResponseError(f"ROLE is {kind}, not master: asking the sentinels again")
-
-    d: Deferred[Any] = run("ROLE")
-    return d.addCallback(master)
+def describe(config: Config) -> str:
+    """Where Redis is, in words for the log: its address, or the sentinels' master."""
+    if config.redis_sentinels:
+        sentinels = ", ".join(f"{host}:{port}" for host, port in config.redis_sentinels)
+        return f"master {config.redis_sentinel_master} (Sentinel {sentinels})"
+    return config.redis_address
 
 
 class _Query(txredisapi.RedisProtocol):  # type: ignore[misc]
@@ -107,6 +101,19 @@ class _Query(txredisapi.RedisProtocol):  # type: ignore[misc]
         super().connectionLost(why)
 
 
+class _QueryFactory(Factory):
+    """Hands out one L{_Query}, quietly: one is made on every connect."""
+
+    noisy = False
+
+    def __init__(self, query: _Query) -> None:
+        self.query = query
+
+    def buildProtocol(self, addr: object) -> _Query:  # noqa: N802
+        self.query.factory = self
+        return self.query
+
+
 @implementer(IStreamClientEndpoint)
 class SentinelEndpoint:
     """
@@ -116,6 +123,8 @@ class SentinelEndpoint:
     that lost its master (a failover) finds the new one when it
     reconnects.  The sentinel that answered is asked first next time.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -141,6 +150,7 @@ class SentinelEndpoint:
         self._username = username
         self._password = password
         self._timeout = timeout
+        self._named: tuple[str, int] | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
         d = Deferred.fromCoroutine(self.master())
@@ -163,13 +173,43 @@ class SentinelEndpoint:
                 problems.append(f"{address}: does not know a master named {self._master_name}")
                 continue
             self._sentinels.insert(0, self._sentinels.pop(index))
-            host, port = reply
-            return host.decode("utf-8"), int(port)
+            master = (reply[0].decode("utf-8"), int(reply[1]))
+            if master != self._named:
+                self._named = master
+                self.log.info(
+                    "Sentinel {sentinel} names {host}:{port} as master {name}",
+                    sentinel=address,
+                    host=master[0],
+                    port=master[1],
+                    name=self._master_name,
+                )
+            return master
         raise ConnectError(string="no sentinel named the master: " + "; ".join(problems))
+
+    def check_master(self, run: Run) -> Deferred[None]:
+        """
+        Fail unless C{ROLE} says master: a failover may have made a replica
+        of the server since a sentinel named it, and a replica refuses
+        writes, and its blocking commands never see what producers push.
+        The sentinel that named it is asked last next time, in case it is
+        the one that is wrong.
+
+        @param run: sends a command on the connection being set up.
+        """
+
+        def master(role: Sequence[Any]) -> None:
+            if role and role[0] == b"master":
+                return
+            self._sentinels.append(self._sentinels.pop(0))
+            kind = role[0].decode("ascii", "replace") if role else "nothing"
+            raise ResponseError(f"ROLE is {kind}, not master: asking the sentinels again")
+
+        d: Deferred[Any] = run("ROLE")
+        return d.addCallback(master)
 
     async def _ask(self, endpoint: IStreamClientEndpoint) -> Any:
         protocol = _Query(charset=None, convertNumbers=False)
-        connecting: Deferred[Any] = endpoints.connectProtocol(endpoint, protocol)
+        connecting: Deferred[Any] = endpoint.connect(_QueryFactory(protocol))
         await connecting.addTimeout(self._timeout, self._clock)
 
         async def run(*command: str) -> Any:

@@ -31,7 +31,7 @@ from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, split_host_port
-from goophry_tx.connect import connection_check, redis_endpoint
+from goophry_tx.connect import connection_check, describe, redis_endpoint
 from goophry_tx.consumer import Consumer
 from goophry_tx.failures import ErrorNotifier, OutcomeStore
 from goophry_tx.keys import Keys
@@ -123,8 +123,7 @@ class GoophryService(MultiService):
         self.keys = Keys(config.redis_queue_key)
         self.stats = Stats(reactor, [t.type for t in config.tasks])
 
-        address = config.redis_address
-        self.health = RedisHealth(reactor, address)
+        self.health = RedisHealth(reactor, describe(config))
         self.stats.redis_connected = lambda: self.health.connected
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
@@ -161,7 +160,7 @@ class GoophryService(MultiService):
                 username=config.redis_username,
                 db=config.redis_db,
                 client_name=f"goophry:{purpose}",
-                check=connection_check(config),
+                check=connection_check(endpoint),
             )
 
         return link
@@ -261,7 +260,7 @@ class GoophryService(MultiService):
             version=__version__,
             instance=self.instance,
             types=", ".join(f"{t.type} ({t.workers} workers)" for t in config.tasks),
-            address=config.redis_address,
+            address=self.health.address,
             key=config.redis_queue_key,
         )
         for warning in config.warnings:

@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from tests import helpers
-from tests.helpers import DaemonProcess, RedisServer, TLSRedisServer
+from tests.helpers import DaemonProcess, RedisServer, SentinelGroup, TLSRedisServer
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +81,17 @@ def make_tls_redis_server(
     yield make
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def sentinel_group(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_redis_server: Callable[..., RedisServer],
+) -> Iterator[SentinelGroup]:
+    """A master, its replica and three sentinels (master name ``goophry``), for one test."""
+    group = SentinelGroup(make_redis_server, lambda: tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.kill()
 
 
 @pytest.fixture

@@ -357,6 +357,109 @@ class TLSRedisServer(RedisServer):
         return f"<TLSRedisServer {self.address} running={self.running()}>"
 
 
+class SentinelServer(RedisServer):
+    """A redis-server in sentinel mode, watching ``master`` under ``name``.
+
+    Failures are noticed after ``down_after_ms``; a failover gives up after
+    ``failover_timeout_ms``.  Kept short, a failover takes a few seconds.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        master: RedisServer,
+        name: str,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        super().__init__(directory)
+        self.conf = directory / "sentinel.conf"
+        self.conf.write_text(
+            f"sentinel monitor {name} {master.host} {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        self.name = name
+
+    def argv(self) -> list[str]:
+        # Sentinel rewrites its file (what it learns of replicas and other sentinels).
+        return [
+            REDIS_SERVER,
+            str(self.conf),
+            "--sentinel",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.dir),
+        ]
+
+    def master_port(self) -> int | None:
+        """The port of the master this sentinel names now (None if it names none)."""
+        reply = self.cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        if not isinstance(reply, list) or len(reply) != 2:
+            return None
+        return int(reply[1])  # type: ignore[arg-type]
+
+
+class SentinelGroup:
+    """A master, a replica and three sentinels on loopback ports: Redis's own failover.
+
+    ``master`` and ``replica`` are the servers as started; after a failover,
+    ``current_master()`` is the one the sentinels agree on.
+    """
+
+    name = "goophry"
+
+    def __init__(self, make_server: Callable[..., RedisServer], directory: Callable[[], Path]):
+        self.master = make_server()
+        self.replica = make_server(replicaof=f"{self.master.host} {self.master.port}")
+        self.sentinels = [SentinelServer(directory(), self.master, self.name) for _ in range(3)]
+        try:
+            for sentinel in self.sentinels:
+                sentinel.start()
+            wait_for(
+                self.ready,
+                20,
+                message=lambda: "the replica in sync and the sentinels aware of each other",
+            )
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def addresses(self) -> list[str]:
+        return [sentinel.address for sentinel in self.sentinels]
+
+    def ready(self) -> bool:
+        """The replica is in sync and every sentinel knows the replica and the others."""
+        info = self.replica.cli("INFO", "replication")
+        if not isinstance(info, bytes) or b"master_link_status:up" not in info:
+            return False
+        for sentinel in self.sentinels:
+            state = sentinel.cli("SENTINEL", "MASTER", self.name)
+            assert isinstance(state, list)
+            fields = dict(zip(state[::2], state[1::2], strict=True))
+            if fields[b"num-slaves"] != b"1" or fields[b"num-other-sentinels"] != b"2":
+                return False
+        return True
+
+    def current_master(self) -> RedisServer | None:
+        """The server every live sentinel names as the master, once they agree."""
+        ports = {s.master_port() for s in self.sentinels if s.running()}
+        if len(ports) != 1:
+            return None
+        [port] = ports
+        return next((s for s in (self.master, self.replica) if s.port == port), None)
+
+    def kill(self) -> None:
+        for server in (*self.sentinels, self.replica, self.master):
+            server.kill()
+
+
 # --------------------------------------------------------------------------
 # Files a test needs: configs and scripts
 
