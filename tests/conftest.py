@@ -95,6 +95,24 @@ def sentinel_group(
 
 
 @pytest.fixture
+def tls_sentinel_group(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_tls_redis_server: Callable[..., TLSRedisServer],
+) -> Iterator[SentinelGroup]:
+    """As ``sentinel_group``, every server and sentinel speaking TLS only (``tls_ca``'s).
+
+    Clients must present a certificate: the master's ``client_cert`` and ``client_key``.
+    """
+
+    def make(**config: str) -> TLSRedisServer:
+        return make_tls_redis_server(auth_clients=True, tls_replication="yes", **config)
+
+    group = SentinelGroup(make, lambda: tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.kill()
+
+
+@pytest.fixture
 def queue_key(request: pytest.FixtureRequest) -> str:
     """A RedisQueueKey no other test uses (short, readable in redis-cli)."""
     digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]

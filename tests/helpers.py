@@ -362,6 +362,7 @@ class SentinelServer(RedisServer):
 
     Failures are noticed after ``down_after_ms``; a failover gives up after
     ``failover_timeout_ms``.  Kept short, a failover takes a few seconds.
+    When ``master`` speaks TLS only, so does the sentinel, with its certificates.
     """
 
     def __init__(
@@ -382,20 +383,19 @@ class SentinelServer(RedisServer):
             f"sentinel parallel-syncs {name} 1\n"
         )
         self.name = name
+        self.tls_args: list[str] = []
+        if isinstance(master, TLSRedisServer):
+            self.context = master.context
+            self.tls_args = ["--port", "0", "--tls-port", str(self.port)]
+            self.tls_args += ["--tls-replication", "yes"]
+            for key, value in master.config.items():
+                if key.startswith("tls-") and key != "tls-replication":
+                    self.tls_args += [f"--{key}", value]
 
     def argv(self) -> list[str]:
         # Sentinel rewrites its file (what it learns of replicas and other sentinels).
-        return [
-            REDIS_SERVER,
-            str(self.conf),
-            "--sentinel",
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--dir",
-            str(self.dir),
-        ]
+        argv = [REDIS_SERVER, str(self.conf), "--sentinel", "--port", str(self.port)]
+        return [*argv, "--bind", self.host, "--dir", str(self.dir), *self.tls_args]
 
     def master_port(self) -> int | None:
         """The port of the master this sentinel names now (None if it names none)."""

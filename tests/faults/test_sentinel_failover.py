@@ -22,6 +22,7 @@ from tests.helpers import (
     RedisServer,
     SentinelGroup,
     SentinelServer,
+    TLSRedisServer,
     free_port,
     wait_for,
     write_config,
@@ -154,3 +155,39 @@ def test_a_replica_named_as_master_is_refused_and_the_next_sentinel_asked(
         assert f"names 127.0.0.1:{group.master.port} as master" in daemon.log_text()
     finally:
         liar.kill()
+
+
+def test_tls_to_the_sentinels_and_the_master(
+    tls_sentinel_group: SentinelGroup,
+    queue_key: str,
+    tmp_path: Path,
+    run_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """RedisTLS applies to the sentinels and to the master they name, both verified."""
+    group = tls_sentinel_group
+    master = group.master
+    assert isinstance(master, TLSRedisServer)
+    ran = tmp_path / "ran"
+    script = tmp_path / "record.sh"
+    script.write_text(f'#!/bin/sh\necho "$1" >> {ran}\n')
+    script.chmod(0o755)
+    config = write_config(
+        tmp_path,
+        RedisSentinels=group.addresses,
+        RedisSentinelMaster=group.name,
+        RedisQueueKey=queue_key,
+        Tasks=[{"Type": "record", "Script": str(script)}],
+        RedisTLS=True,
+        RedisTLSCAFile=master.ca_file,
+        RedisTLSCertFile=master.client_cert,
+        RedisTLSKeyFile=master.client_key,
+    )
+    daemon = run_daemon(config)
+    daemon.wait_for_log(f"names 127.0.0.1:{master.port} as master", 20)
+    master.cli("RPUSH", f"{queue_key}:record", json.dumps({"Args": ["secret"]}))
+    wait_for(
+        lambda: ran.exists() and ran.read_text().split() == ["secret"],
+        20,
+        message=daemon.log_text,
+    )
+    assert "unreachable" not in daemon.log_text()
