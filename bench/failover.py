@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tests.helpers import (
     DaemonProcess,
+    RedisReplyError,
     RedisServer,
     SentinelGroup,
     daemon_argv,
@@ -98,11 +99,20 @@ def run_round(directory: Path, opts: argparse.Namespace) -> Round:
         ran_before = len(runs())
 
         def drained() -> bool:
-            queue = group.replica.cli("LLEN", f"{QUEUE_KEY}:record")
-            inflight = group.replica.cli("KEYS", f"{QUEUE_KEY}:record:inflight:*")
+            try:
+                queue = group.replica.cli("LLEN", f"{QUEUE_KEY}:record")
+                inflight = group.replica.cli("KEYS", f"{QUEUE_KEY}:record:inflight:*")
+            except (OSError, RedisReplyError):
+                # Promoting the replica closes its clients, this one included.
+                return False
             return len({name for name, _ in runs()}) == opts.entries and not queue and not inflight
 
-        wait_for(drained, 120, interval=0.1, message="everything to drain from the new master")
+        def stuck() -> str:
+            missing = opts.entries - len({name for name, _ in runs()})
+            logs = "\n".join(d.log_text()[-3000:] for d in daemons)
+            return f"everything to drain from the new master: {missing} never ran\n{logs}"
+
+        wait_for(drained, 120, interval=0.1, message=stuck)
         drain = time.time() - failed_at
         done = runs()
         counts = Counter(name for name, _ in done)

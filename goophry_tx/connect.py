@@ -91,6 +91,13 @@ def describe(config: Config) -> str:
     return config.redis_address
 
 
+class NoMaster(ConnectError):
+    """The sentinels named no master, or the one they named cannot be reached."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class _Query(txredisapi.RedisProtocol):  # type: ignore[misc]
     """A short connection to a sentinel, that remembers why it ended."""
 
@@ -150,20 +157,31 @@ class SentinelEndpoint:
         self._username = username
         self._password = password
         self._timeout = timeout
+        #: The master named last, and the sentinel that named it.
         self._named: tuple[str, int] | None = None
+        self._named_by: tuple[str, IStreamClientEndpoint] | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
-        d = Deferred.fromCoroutine(self.master())
-        return d.addCallback(lambda hp: self._master_endpoint(*hp).connect(protocolFactory))
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, factory: IProtocolFactory) -> IProtocol:
+        host, port = await self.master()
+        try:
+            protocol: IProtocol = await self._master_endpoint(host, port).connect(factory)
+        except ConnectError as e:
+            raise NoMaster(string=f"master {host}:{port}: {e}") from None
+        return protocol
 
     async def master(self) -> tuple[str, int]:
         """
         The master's host and port, from the first sentinel that knows it.
 
-        @raise ConnectError: saying what each sentinel answered, when none did.
+        @raise NoMaster: saying what each sentinel answered, when none did.
         """
         problems = []
-        for index, (address, endpoint) in enumerate(list(self._sentinels)):
+        # A copy: the links connect at once, and each may reorder the list.
+        for sentinel in list(self._sentinels):
+            address, endpoint = sentinel
             try:
                 reply = await self._ask(endpoint)
             except (ConnectError, ConnectionError, ResponseError, TimeoutError, OSError) as e:
@@ -172,7 +190,9 @@ class SentinelEndpoint:
             if not isinstance(reply, list) or len(reply) != 2:
                 problems.append(f"{address}: does not know a master named {self._master_name}")
                 continue
-            self._sentinels.insert(0, self._sentinels.pop(index))
+            self._sentinels.remove(sentinel)
+            self._sentinels.insert(0, sentinel)
+            self._named_by = sentinel
             master = (reply[0].decode("utf-8"), int(reply[1]))
             if master != self._named:
                 self._named = master
@@ -184,7 +204,7 @@ class SentinelEndpoint:
                     name=self._master_name,
                 )
             return master
-        raise ConnectError(string="no sentinel named the master: " + "; ".join(problems))
+        raise NoMaster(string="no sentinel named the master: " + "; ".join(problems))
 
     def check_master(self, run: Run) -> Deferred[None]:
         """
@@ -200,7 +220,10 @@ class SentinelEndpoint:
         def master(role: Sequence[Any]) -> None:
             if role and role[0] == b"master":
                 return
-            self._sentinels.append(self._sentinels.pop(0))
+            wrong = self._named_by
+            if wrong is not None and wrong in self._sentinels:
+                self._sentinels.remove(wrong)
+                self._sentinels.append(wrong)
             kind = role[0].decode("ascii", "replace") if role else "nothing"
             raise ResponseError(f"ROLE is {kind}, not master: asking the sentinels again")
 

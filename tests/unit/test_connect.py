@@ -10,7 +10,7 @@ import attrs
 import pytest
 import trustme
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -214,3 +214,21 @@ def test_a_replica_is_refused_and_its_sentinel_asked_last_next_time() -> None:
 
 def test_no_check_without_sentinels() -> None:
     assert connection_check(endpoints.HostnameEndpoint(MemoryReactorClock(), "h", 1)) is None
+
+
+def test_a_master_that_refuses_is_named_in_the_failure() -> None:
+    r = rig(False)
+    r.master.refuse = True
+    d = r.endpoint.connect(Factory.forProtocol(Protocol))
+    r.sentinels[0].answer(bulk_array(b"10.0.0.9", b"6379"))
+    failure = failure_result_of(d, ConnectError)
+    assert failure.getErrorMessage().startswith("master 10.0.0.9:6379: ")
+
+
+def test_cancelling_a_connect_closes_the_question() -> None:
+    r = rig(False)
+    d = r.endpoint.connect(Factory.forProtocol(Protocol))
+    d.cancel()
+    failure_result_of(d, CancelledError)
+    assert r.sentinels[0].connections[0][1].disconnecting
+    assert r.masters == []
