@@ -383,19 +383,22 @@ class SentinelServer(RedisServer):
             f"sentinel parallel-syncs {name} 1\n"
         )
         self.name = name
-        self.tls_args: list[str] = []
+        #: The master's certificates, when it speaks TLS only.
+        self.tls: dict[str, str] = {}
         if isinstance(master, TLSRedisServer):
             self.context = master.context
-            self.tls_args = ["--port", "0", "--tls-port", str(self.port)]
-            self.tls_args += ["--tls-replication", "yes"]
-            for key, value in master.config.items():
-                if key.startswith("tls-") and key != "tls-replication":
-                    self.tls_args += [f"--{key}", value]
+            self.tls = {k: v for k, v in master.config.items() if k.startswith("tls-")}
+            self.tls["tls-replication"] = "yes"
 
     def argv(self) -> list[str]:
         # Sentinel rewrites its file (what it learns of replicas and other sentinels).
         argv = [REDIS_SERVER, str(self.conf), "--sentinel", "--port", str(self.port)]
-        return [*argv, "--bind", self.host, "--dir", str(self.dir), *self.tls_args]
+        argv += ["--bind", self.host, "--dir", str(self.dir)]
+        if self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port)]
+            for key, value in self.tls.items():
+                argv += [f"--{key}", value]
+        return argv
 
     def master_port(self) -> int | None:
         """The port of the master this sentinel names now (None if it names none)."""
