@@ -16,7 +16,12 @@ import txredisapi
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,6 +134,12 @@ class SentinelEndpoint:
     Each L{connect} asks them again, one after the other, so that a link
     that lost its master (a failover) finds the new one when it
     reconnects.  The sentinel that answered is asked first next time.
+
+    While connections are open it asks again every C{poll} seconds, and
+    drops those to a server that is no longer the one named: in a failover
+    the sentinels make while the master runs, the old master goes on
+    accepting writes until they demote it, and those writes are lost when
+    it becomes a replica.
     """
 
     log = Logger()
@@ -142,6 +153,7 @@ class SentinelEndpoint:
         username: str | None = None,
         password: str | None = None,
         timeout: float = CONNECT_TIMEOUT,
+        poll: float = 1.0,
     ) -> None:
         """
         @param clock: an L{IReactorTime<twisted.internet.interfaces.IReactorTime>}.
@@ -149,6 +161,7 @@ class SentinelEndpoint:
         @param master_name: the name the sentinels monitor the master under.
         @param master_endpoint: makes the endpoint of the master's host and port.
         @param username: with C{password}, the sentinels' AUTH.
+        @param poll: seconds between questions while connections are open.
         """
         self._clock = clock
         self._sentinels = list(sentinels)
@@ -160,6 +173,10 @@ class SentinelEndpoint:
         #: The master named last, and the sentinel that named it.
         self._named: tuple[str, int] | None = None
         self._named_by: tuple[str, IStreamClientEndpoint] | None = None
+        self._poll = poll
+        #: The connections made, each with the master it was made to.
+        self._open: list[tuple[tuple[str, int], IProtocol]] = []
+        self._polling: IDelayedCall | None = None
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
         return Deferred.fromCoroutine(self._connect(protocolFactory))
@@ -170,7 +187,41 @@ class SentinelEndpoint:
             protocol: IProtocol = await self._master_endpoint(host, port).connect(factory)
         except ConnectError as e:
             raise NoMaster(string=f"master {host}:{port}: {e}") from None
+        self._open.append(((host, port), protocol))
+        if self._polling is None:
+            self._polling = self._clock.callLater(self._poll, self._check_named)
         return protocol
+
+    def _check_named(self) -> None:
+        """Ask the sentinels again, while connections are open."""
+        self._polling = None
+        # Our links' protocols (txredisapi's) say when they are gone.
+        self._open = [(named, p) for named, p in self._open if getattr(p, "connected", False)]
+        if not self._open:
+            return
+        d = Deferred.fromCoroutine(self.master())
+        d.addCallbacks(self._drop_others, self._not_named)
+
+    def _drop_others(self, master: tuple[str, int]) -> None:
+        stale = [p for named, p in self._open if named != master]
+        if stale:
+            self.log.info(
+                "master {name} is now {host}:{port}: dropping {count} connections to the old one",
+                name=self._master_name,
+                host=master[0],
+                port=master[1],
+                count=len(stale),
+            )
+        for protocol in stale:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self._polling = self._clock.callLater(self._poll, self._check_named)
+
+    def _not_named(self, failure: Failure) -> None:
+        # No sentinel answered: the connections stay as they are (they fail
+        # by themselves if their server is gone), and the next poll asks again.
+        self._polling = self._clock.callLater(self._poll, self._check_named)
 
     async def master(self) -> tuple[str, int]:
         """

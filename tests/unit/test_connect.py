@@ -11,11 +11,12 @@ import pytest
 import trustme
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from goophry_tx.config import Config, TaskType
@@ -232,3 +233,40 @@ def test_cancelling_a_connect_closes_the_question() -> None:
     failure_result_of(d, CancelledError)
     assert r.sentinels[0].connections[0][1].disconnecting
     assert r.masters == []
+
+
+def test_connections_to_a_master_no_longer_named_are_dropped() -> None:
+    r = rig(False)
+    d = r.endpoint.connect(Factory.forProtocol(Protocol))
+    r.sentinels[0].answer(bulk_array(b"10.0.0.9", b"6379"))
+    _, master_transport = r.master.connections[0]
+    success_result_of(d)
+
+    # Asked again while the connection is open: the same master, nothing happens.
+    r.clock.advance(1.0)
+    assert len(r.sentinels[0].connections) == 2
+    r.sentinels[0].answer(bulk_array(b"10.0.0.9", b"6379"))
+    assert not master_transport.disconnecting
+
+    # A failover: the connection to the old master is dropped.
+    r.clock.advance(1.0)
+    r.sentinels[0].answer(bulk_array(b"10.0.0.8", b"6379"))
+    assert master_transport.disconnecting
+
+
+class Closing(Protocol):
+    """Says when its connection is gone, as txredisapi's protocol does."""
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+        self.connected = False
+
+
+def test_no_questions_once_the_connections_are_closed() -> None:
+    r = rig(False)
+    d = r.endpoint.connect(Factory.forProtocol(Closing))
+    r.sentinels[0].answer(bulk_array(b"10.0.0.9", b"6379"))
+    protocol = success_result_of(d)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    r.clock.advance(10.0)
+    assert len(r.sentinels[0].connections) == 1
+    assert r.clock.getDelayedCalls() == []
