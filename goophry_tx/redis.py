@@ -36,7 +36,8 @@ Command = Sequence[str | bytes | int | float]
 Run = Callable[..., Deferred[Any]]
 
 #: Replies that mean "not now" rather than "never": retry after a while.
-TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+#: (NOREPLICAS: a master with min-replicas-to-write that lost its replicas.)
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 
 #: Replies that mean the server is no longer the master (a failover): the
 #: connection is dropped, so that the next one finds the new master.

@@ -11,7 +11,14 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, ResponseError, Run
+from goophry_tx.redis import (
+    ConnectionError,
+    RedisHealth,
+    RedisLink,
+    ResponseError,
+    Run,
+    is_transient,
+)
 from goophry_tx.tls import lost_reason
 from tests.unit.fakes import failure_result_of
 from tests.unit.test_connect import FakeEndpoint
@@ -98,3 +105,8 @@ def test_tls_reasons_are_said_plainly() -> None:
     mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("redis.lan"))])
     assert lost_reason(Failure(mismatch)) == "TLS: the server's certificate is not for redis.lan"
     assert lost_reason(Failure(ConnectionError("gone"))) == "gone"
+
+
+def test_noreplicas_is_not_now() -> None:
+    error = ResponseError("NOREPLICAS Not enough good replicas to write.")
+    assert is_transient(Failure(error))
