@@ -137,6 +137,8 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """txredisapi's protocol, telling its link when the connection goes."""
 
     link: RedisLink
+    #: Told it is no longer the master: being dropped.
+    demoted = False
 
     def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted's name)
         self.link._lost(self, why)
@@ -146,10 +148,12 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         if isinstance(reply, ResponseError) and str(reply).encode().startswith(DEMOTED_ERRORS):
             # Whoever sent the command waits for the link to come back, as
             # after any lost connection, and sends it again to the new master.
-            self.link.log.warn(
-                "Redis answered {error!r}: reconnecting to find the master", error=str(reply)
-            )
-            self.transport.abortConnection()
+            if not self.demoted:
+                self.demoted = True
+                self.link.log.warn(
+                    "Redis answered {error!r}: reconnecting to find the master", error=str(reply)
+                )
+                self.transport.abortConnection()
             reply = ConnectionError(f"no longer the master: {reply}")
         super().replyReceived(reply)
 

@@ -74,9 +74,11 @@ def test_a_readonly_reply_drops_the_connection_and_fails_as_a_lost_one() -> None
     assert link.connected
     protocol, transport = endpoint.connections[0]
     d = link.execute("LREM", "q", 1, "x")
-    endpoint.answer(b"-READONLY You can't write against a read only replica.\r\n")
+    again = link.execute("RPUSH", "q", "y")
+    endpoint.answer(b"-READONLY You can't write against a read only replica.\r\n" * 2)
     failure = failure_result_of(d, ConnectionError)
     assert "no longer the master" in failure.getErrorMessage()
+    failure_result_of(again, ConnectionError)
     assert transport.disconnecting
 
 
