@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,8 +18,10 @@ from tests.helpers import (
     DaemonProcess,
     RedisReplyError,
     RedisServer,
+    TLSRedisServer,
     daemon_env,
     free_port,
+    redis_command,
     wait_for,
     write_script,
 )
@@ -128,3 +131,15 @@ def test_daemon_process_handle(tmp_path: Path) -> None:
     proc.wait_for_log("up")
     assert proc.terminate() == -signal.SIGTERM
     assert not proc.running()
+
+
+def test_a_tls_server_speaks_tls_only_and_asks_for_a_certificate(
+    make_tls_redis_server: Callable[..., TLSRedisServer],
+) -> None:
+    server = make_tls_redis_server(auth_clients=True)
+    assert server.cli("PING") == b"PONG"
+    with pytest.raises((OSError, RedisReplyError)):
+        redis_command(server.host, server.port, "PING", timeout=2.0)
+    bare = ssl.create_default_context(cafile=str(server.ca_file))
+    with pytest.raises(OSError):
+        redis_command(server.host, server.port, "PING", timeout=2.0, context=bare)
