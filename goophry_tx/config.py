@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 
 from goophry_tx.keys import reserved_type
-from goophry_tx.tls import TLSFileError, server_tls_options
+from goophry_tx.tls import TLSFileError, client_tls_options, server_tls_options
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -74,6 +74,17 @@ class Config:
     block_timeout: float = 10.0
     error_script_timeout: float = 30.0
     error_queue_size: int = 1000
+    redis_tls: bool = False
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_tls_server_name: str | None = None
+    #: Where to ask for the master, when Sentinel names it (RedisAddress is unused then).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = attrs.field(default=None, repr=False)
+    redis_wait_replicas: int = 0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -109,6 +120,16 @@ _TOP_KEYS = (
     "BlockTimeout",
     "ErrorScriptTimeout",
     "ErrorQueueSize",
+    "RedisTLS",
+    "RedisTLSCAFile",
+    "RedisTLSCertFile",
+    "RedisTLSKeyFile",
+    "RedisTLSServerName",
+    "RedisSentinels",
+    "RedisSentinelMaster",
+    "RedisSentinelUsername",
+    "RedisSentinelPassword",
+    "RedisWaitReplicas",
 )
 _TASK_KEYS = ("Type", "Script", "Workers", "Timeout")
 
@@ -173,6 +194,12 @@ def _secret(reader: _Reader, name: str, value: Any) -> str:
     if not isinstance(value, str):
         kind = "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}"
         raise reader.fail(name, f"expected a string, got {kind}")
+    return value
+
+
+def _boolean(reader: _Reader, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise reader.fail(name, f"expected true or false, got {_describe(value)}")
     return value
 
 
@@ -324,6 +351,90 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
     return TaskType(type_name, script, workers, timeout), reader.warnings
 
 
+def _read_sentinels(reader: _Reader, network: str) -> dict[str, Any]:
+    """RedisSentinels and the settings that go with it, as L{Config} fields."""
+    raw: Any = reader.get("RedisSentinels", lambda r, n, v: v, [])
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise reader.fail("RedisSentinels", f"expected an array of host:port, got {_describe(raw)}")
+    sentinels = tuple(
+        split_host_port(address, f"RedisSentinels[{index}]", reader.source)
+        for index, address in enumerate(raw)
+    )
+    master = reader.get("RedisSentinelMaster", _nonempty, "") or None
+    username = reader.get("RedisSentinelUsername", _string, "") or None
+    password = reader.get("RedisSentinelPassword", _secret, "") or None
+    if sentinels:
+        if network != "tcp":
+            raise reader.fail("RedisSentinels", "Sentinel needs RedisNetwork tcp")
+        if master is None:
+            raise reader.fail("RedisSentinelMaster", "required with RedisSentinels, but missing")
+    else:
+        given = [
+            name
+            for name, value in (
+                ("RedisSentinelMaster", master),
+                ("RedisSentinelUsername", username),
+                ("RedisSentinelPassword", password),
+            )
+            if value is not None
+        ]
+        if given:
+            raise reader.fail(given[0], "set, but RedisSentinels is empty")
+    return {
+        "redis_sentinels": sentinels,
+        "redis_sentinel_master": master,
+        "redis_sentinel_username": username,
+        "redis_sentinel_password": password,
+    }
+
+
+def _read_redis_tls(reader: _Reader, base: str, network: str, host: str) -> dict[str, Any]:
+    """
+    RedisTLS and its files, as L{Config} fields; the files are read and
+    checked now, so that a bad one stops the daemon at start.
+
+    @param host: the name a certificate would be checked against, when
+        RedisTLSServerName does not give one.
+    """
+    enabled = reader.get("RedisTLS", _boolean, False)
+    files = {
+        name: _resolve(base, path) if path else None
+        for name in ("RedisTLSCAFile", "RedisTLSCertFile", "RedisTLSKeyFile")
+        for path in [reader.get(name, _string, "")]
+    }
+    server_name = reader.get("RedisTLSServerName", _string, "") or None
+    if not enabled:
+        given = [name for name, path in files.items() if path is not None]
+        if server_name is not None:
+            given.append("RedisTLSServerName")
+        if given:
+            raise reader.fail(given[0], "set, but RedisTLS is not true")
+        return {}
+    if network != "tcp":
+        raise reader.fail("RedisTLS", "Redis serves TLS over tcp only, and RedisNetwork is unix")
+    ca, cert, key = files["RedisTLSCAFile"], files["RedisTLSCertFile"], files["RedisTLSKeyFile"]
+    if (cert is None) != (key is None):
+        missing = "RedisTLSKeyFile" if key is None else "RedisTLSCertFile"
+        raise reader.fail(
+            missing, "a client certificate needs both RedisTLSCertFile and RedisTLSKeyFile"
+        )
+    for name, path in files.items():
+        if path is not None:
+            _check_readable(reader, name, path)
+    # Parse them now: a bad file or a mismatched pair is refused at start.
+    try:
+        client_tls_options(server_name or host, ca, cert, key)
+    except TLSFileError as e:
+        raise reader.fail(e.setting, f"{e.path}: {e.problem}") from None
+    return {
+        "redis_tls": True,
+        "redis_tls_ca_file": ca,
+        "redis_tls_cert_file": cert,
+        "redis_tls_key_file": key,
+        "redis_tls_server_name": server_name,
+    }
+
+
 def parse_config(source: str, data: Any, base: str) -> Config:
     """
     Check a decoded JSON document and build a L{Config}.
@@ -344,6 +455,13 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         split_host_port(address, "RedisAddress", source)
     else:
         address = _resolve(base, address)
+
+    sentinels = _read_sentinels(reader, network)
+    if sentinels["redis_sentinels"]:
+        tls_host = sentinels["redis_sentinels"][0][0]
+    else:
+        tls_host = split_host_port(address, "RedisAddress", source)[0] if network == "tcp" else ""
+    redis_tls = _read_redis_tls(reader, base, network, tls_host)
 
     queue_key = reader.require("RedisQueueKey", _nonempty)
 
@@ -450,6 +568,9 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         ),
         error_script_timeout=reader.get("ErrorScriptTimeout", _seconds, 30.0),
         error_queue_size=reader.get("ErrorQueueSize", _positive_integer, 1000),
+        redis_wait_replicas=reader.get("RedisWaitReplicas", _nonnegative_integer, 0),
+        **sentinels,
+        **redis_tls,
         # Last, so that the warnings of the values coerced above are in.
         warnings=(*reader.warnings, *task_warnings),
     )

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from goophry_tx import operations, startup
 from goophry_tx.config import Config, ConfigError, check_config, load_config
+from goophry_tx.connect import connection_check, describe, redis_endpoint
 from goophry_tx.keys import Keys
 from goophry_tx.operations import EntryRef, OperationError
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, ResponseError
@@ -218,14 +219,6 @@ def _check(path: str, as_json: bool) -> int:
 # Running on the reactor
 
 
-def redis_endpoint(reactor: Any, config: Config) -> IStreamClientEndpoint:
-    """Where the configuration says Redis is."""
-    if config.redis_network == "unix":
-        return endpoints.UNIXClientEndpoint(reactor, config.redis_address, timeout=5)
-    host, port = config.redis_host_port
-    return endpoints.HostnameEndpoint(reactor, host, port, timeout=5)
-
-
 class FirstAttempt(RedisHealth):
     """
     Reachability for a one-shot command: the first attempt to connect
@@ -268,11 +261,15 @@ def _run(config: Config, args: argparse.Namespace) -> NoReturn:
 
 
 async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> int:
-    health = FirstAttempt(reactor, config.redis_address)
+    health = FirstAttempt(reactor, describe(config))
+    # The daemon's own way to Redis: unix, TCP, verified TLS, or the
+    # sentinels' master.
+    endpoint = redis_endpoint(reactor, config)
     link = RedisLink(
         reactor,
-        redis_endpoint(reactor, config),
+        endpoint,
         health,
+        check=connection_check(endpoint),
         name="goophry-ctl",
         password=config.redis_password,
         username=config.redis_username,
@@ -284,10 +281,10 @@ async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> in
         try:
             await health.ready.addTimeout(CONNECT_TIMEOUT, reactor)
         except ConnectionError as e:
-            return _error(f"cannot reach Redis at {config.redis_address}: {e}", FAILED)
+            return _error(f"cannot reach Redis at {describe(config)}: {e}", FAILED)
         except defer.TimeoutError:
             return _error(
-                f"cannot reach Redis at {config.redis_address}: "
+                f"cannot reach Redis at {describe(config)}: "
                 f"no answer within {CONNECT_TIMEOUT:g}s",
                 FAILED,
             )

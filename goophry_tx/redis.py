@@ -28,13 +28,23 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from goophry_tx.tls import lost_reason
+
 ConnectionError = txredisapi.ConnectionError
 ResponseError = txredisapi.ResponseError
 
 Command = Sequence[str | bytes | int | float]
 
+#: Sends one command on a connection being set up and fires with its reply.
+Run = Callable[..., Deferred[Any]]
+
 #: Replies that mean "not now" rather than "never": retry after a while.
-TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+#: (NOREPLICAS: a master with min-replicas-to-write that lost its replicas.)
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+
+#: Replies that mean the server is no longer the master (a failover): the
+#: connection is dropped, so that the next one finds the new master.
+DEMOTED_ERRORS = (b"READONLY", b"UNBLOCKED")
 
 
 def is_transient(failure: Failure) -> bool:
@@ -275,8 +285,20 @@ class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     pipelined_replies: list[Any]
     #: Told of each pub/sub message once the connection has sent SUBSCRIBE.
     listener: ISubscriber | None = None
+    #: Told it is no longer the master: being dropped.
+    demoted = False
 
     def replyReceived(self, reply: Any) -> None:
+        if isinstance(reply, ResponseError) and str(reply).encode().startswith(DEMOTED_ERRORS):
+            # Whoever sent the command waits for the link to come back, as
+            # after any lost connection, and sends it again to the new master.
+            if not self.demoted:
+                self.demoted = True
+                self.link.log.warn(
+                    "Redis answered {error!r}: reconnecting to find the master", error=str(reply)
+                )
+                self.transport.abortConnection()
+            reply = ConnectionError(f"no longer the master: {reply}")
         # A subscribed connection gets messages it did not ask for; the
         # rest (SUBSCRIBE's own answer) are replies, in order.
         if (
@@ -377,7 +399,13 @@ class RedisLink(Service):
         db: int = 0,
         client_name: str | None = None,
         retry_policy: Callable[[int], float] | None = None,
+        check: Callable[[Run], Deferred[None]] | None = None,
     ) -> None:
+        """
+        @param check: run on each new connection once authenticated, before
+            it is used; a failure drops it (a replica where the master was
+            expected, say) and the link tries again.
+        """
         self._clock = clock
         self._endpoint = endpoint
         self._health = health
@@ -387,6 +415,7 @@ class RedisLink(Service):
         self._db = db
         self._client_name = client_name
         self._retry_policy = retry_policy or backoff()
+        self._check = check
         self._failures = 0
         self._attempt: Deferred[Any] | None = None
         self._retry: IDelayedCall | None = None
@@ -491,6 +520,9 @@ class RedisLink(Service):
                 raise ResponseError("LOADING Redis is loading the dataset in memory")
 
         d.addCallback(loaded)
+        if self._check is not None:
+            check = self._check
+            d.addCallback(lambda _: check(run))
         if self._client_name:
             # Only a help for operators (CLIENT LIST): never a reason to fail.
             d.addCallback(
@@ -533,7 +565,6 @@ class RedisLink(Service):
     def _lost(self, protocol: _Protocol, why: Failure) -> None:
         if protocol is not self._connection:
             return
-        was_ready = self._protocol is protocol
         self._connection = None
         self._protocol = None
         self.client_id = None
@@ -542,8 +573,9 @@ class RedisLink(Service):
             d.callback(None)
         if not self.running:
             return
-        if was_ready:
-            self._health.down(self.link_name, f"connection lost: {why.getErrorMessage()}")
+        # Before it was ready too: a certificate refused in the TLS handshake
+        # ends the connection here, and this is where its reason is told.
+        self._health.down(self.link_name, f"connection lost: {lost_reason(why)}")
         self._schedule()
 
     # Using it

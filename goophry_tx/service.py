@@ -32,6 +32,7 @@ from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, TaskType, split_host_port
+from goophry_tx.connect import connection_check, describe, redis_endpoint
 from goophry_tx.consumer import AtomicTake, Consumer, TakeFactory, take_strategy
 from goophry_tx.dashboard.history import HistoryWriter
 from goophry_tx.dashboard.resource import DashboardResource, StatsRouter
@@ -132,8 +133,7 @@ class GoophryService(MultiService):
         self.counters = type_counters(t.type for t in config.tasks)
         self.stats = Stats(reactor, self.counters)
 
-        address = config.redis_address
-        self.health = RedisHealth(reactor, address, on_back=self.stats.redis_reconnected)
+        self.health = RedisHealth(reactor, describe(config), on_back=self.stats.redis_reconnected)
         self.stats.redis_connected = lambda: self.health.connected
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
         self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
@@ -194,16 +194,13 @@ class GoophryService(MultiService):
                 username=config.redis_username,
                 db=config.redis_db,
                 client_name=f"goophry:{purpose}",
+                check=connection_check(endpoint),
             )
 
         return link
 
     def _redis_endpoint(self) -> IStreamClientEndpoint:
-        config = self.config
-        if config.redis_network == "unix":
-            return endpoints.UNIXClientEndpoint(self._reactor, config.redis_address, timeout=5)
-        host, port = config.redis_host_port
-        return endpoints.HostnameEndpoint(self._reactor, host, port, timeout=5)
+        return redis_endpoint(self._reactor, self.config)
 
     def _stats_service(self) -> StreamServerEndpointService:
         config = self.config
@@ -327,7 +324,7 @@ class GoophryService(MultiService):
             version=__version__,
             instance=self.instance,
             types=", ".join(f"{t.type} ({t.workers} workers)" for t in config.tasks),
-            address=config.redis_address,
+            address=self.health.address,
             key=config.redis_queue_key,
         )
         if config.stats_interface and config.dashboard_pattern:

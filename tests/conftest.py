@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from tests import helpers
-from tests.helpers import DaemonProcess, RedisServer
+from tests.helpers import DaemonProcess, RedisServer, SentinelGroup, TLSRedisServer
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,58 @@ def make_redis_server(
     yield make
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def make_tls_redis_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA
+) -> Iterator[Callable[..., TLSRedisServer]]:
+    """Factory for a test's own TLS-only redis-server, its certificates issued by ``tls_ca``.
+
+    ``make_tls_redis_server(auth_clients=True)`` demands a client certificate;
+    other keyword arguments are as for ``make_redis_server``.  The server's
+    ``ca_file``, ``client_cert`` and ``client_key`` are what a client needs.
+    """
+    servers: list[TLSRedisServer] = []
+
+    def make(auth_clients: bool = False, port: int | None = None, **config: str) -> TLSRedisServer:
+        directory = tmp_path_factory.mktemp("redis-tls")
+        server = TLSRedisServer(directory, tls_ca, auth_clients, port=port, **config)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def sentinel_group(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_redis_server: Callable[..., RedisServer],
+) -> Iterator[SentinelGroup]:
+    """A master, its replica and three sentinels (master name ``goophry``), for one test."""
+    group = SentinelGroup(make_redis_server, lambda: tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.kill()
+
+
+@pytest.fixture
+def tls_sentinel_group(
+    tmp_path_factory: pytest.TempPathFactory,
+    make_tls_redis_server: Callable[..., TLSRedisServer],
+) -> Iterator[SentinelGroup]:
+    """As ``sentinel_group``, every server and sentinel speaking TLS only (``tls_ca``'s).
+
+    Clients must present a certificate: the master's ``client_cert`` and ``client_key``.
+    """
+
+    def make(**config: str) -> TLSRedisServer:
+        return make_tls_redis_server(auth_clients=True, tls_replication="yes", **config)
+
+    group = SentinelGroup(make, lambda: tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.kill()
 
 
 @pytest.fixture

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import trustme
+
 from goophry_tx import __version__
 from goophry_tx.keys import Keys
 
@@ -151,9 +153,17 @@ class RedisConnection:
     commandstats.
     """
 
-    def __init__(self, host: str, port: int, timeout: float | None = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = 10.0,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        plain = socket.create_connection((host, port), timeout=timeout)
+        plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # With a context, the connection is TLS.
+        self.sock = plain if context is None else context.wrap_socket(plain, server_hostname=host)
         self._reader = self.sock.makefile("rb")
         self.sent: collections.Counter[str] = collections.Counter()
 
@@ -221,17 +231,27 @@ class RedisConnection:
         return calls
 
 
-def redis_command(host: str, port: int, *args: object, timeout: float = 10.0) -> RespValue:
-    """Run one Redis command on a fresh connection and return its reply."""
-    [reply] = redis_pipeline(host, port, args, timeout=timeout)
+def redis_command(
+    host: str,
+    port: int,
+    *args: object,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> RespValue:
+    """Run one Redis command on a fresh connection and return its reply (TLS with C{context})."""
+    [reply] = redis_pipeline(host, port, args, timeout=timeout, context=context)
     return reply
 
 
 def redis_pipeline(
-    host: str, port: int, *commands: Sequence[object], timeout: float = 10.0
+    host: str,
+    port: int,
+    *commands: Sequence[object],
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> list[RespValue]:
     """Run several commands on one fresh connection (e.g. MULTI ... EXEC), in order."""
-    with RedisConnection(host, port, timeout) as connection:
+    with RedisConnection(host, port, timeout, context) as connection:
         return connection.pipeline(commands)
 
 
@@ -250,6 +270,8 @@ class RedisServer:
     """
 
     host = "127.0.0.1"
+    #: How the suite's own client connects: plain TCP unless TLS.
+    context: ssl.SSLContext | None = None
 
     def __init__(self, directory: Path, port: int | None = None, **config: str) -> None:
         self.dir = directory
@@ -283,7 +305,8 @@ class RedisServer:
     def answers(self) -> bool:
         """True when the server replies PONG (any failure counts as no)."""
         try:
-            return redis_command(self.host, self.port, "PING", timeout=1.0) == b"PONG"
+            reply = redis_command(self.host, self.port, "PING", timeout=1.0, context=self.context)
+            return reply == b"PONG"
         except (OSError, RedisReplyError):
             return False
 
@@ -336,15 +359,17 @@ class RedisServer:
 
     def connect(self, timeout: float | None = 10.0) -> RedisConnection:
         """A new connection that stays open (the caller closes it)."""
-        return RedisConnection(self.host, self.port, timeout)
+        return RedisConnection(self.host, self.port, timeout, self.context)
 
     def cli(self, *args: object, timeout: float = 10.0) -> RespValue:
         """Run one raw Redis command, e.g. C{server.cli("LRANGE", key, 0, -1)}."""
-        return redis_command(self.host, self.port, *args, timeout=timeout)
+        return redis_command(self.host, self.port, *args, timeout=timeout, context=self.context)
 
     def pipeline(self, *commands: Sequence[object], timeout: float = 10.0) -> list[RespValue]:
         """Several commands on one connection: C{pipeline(["MULTI"], [...], ["EXEC"])}."""
-        return redis_pipeline(self.host, self.port, *commands, timeout=timeout)
+        return redis_pipeline(
+            self.host, self.port, *commands, timeout=timeout, context=self.context
+        )
 
     def log_text(self) -> str:
         try:
@@ -354,6 +379,162 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.address} running={self.running()}>"
+
+
+class TLSRedisServer(RedisServer):
+    """A redis-server that speaks TLS only (``--port 0 --tls-port``).
+
+    Its certificate, for 127.0.0.1 and localhost, is issued by ``ca``; so is a
+    client certificate (``client_cert``, ``client_key``), which the server
+    demands with ``auth_clients=True``.  The suite's own client presents it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        ca: trustme.CA,
+        auth_clients: bool = False,
+        port: int | None = None,
+        **config: str,
+    ) -> None:
+        self.ca_file = directory / "ca.pem"
+        self.client_cert = directory / "client.pem"
+        self.client_key = directory / "client.key"
+        server_cert, server_key = directory / "server.pem", directory / "server.key"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(server_key))
+        client = ca.issue_cert("goophry-client")
+        client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+        client.private_key_pem.write_to_path(str(self.client_key))
+        super().__init__(
+            directory,
+            port,
+            tls_cert_file=str(server_cert),
+            tls_key_file=str(server_key),
+            tls_ca_cert_file=str(self.ca_file),
+            tls_auth_clients="yes" if auth_clients else "no",
+            **config,
+        )
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        self.context = context
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        at = argv.index("--port")
+        argv[at : at + 2] = ["--port", "0", "--tls-port", str(self.port)]
+        return argv
+
+    def __repr__(self) -> str:
+        return f"<TLSRedisServer {self.address} running={self.running()}>"
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in sentinel mode, watching ``master`` under ``name``.
+
+    Failures are noticed after ``down_after_ms``; a failover gives up after
+    ``failover_timeout_ms``.  Kept short, a failover takes a few seconds.
+    When ``master`` speaks TLS only, so does the sentinel, with its certificates.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        master: RedisServer,
+        name: str,
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        super().__init__(directory)
+        self.conf = directory / "sentinel.conf"
+        self.conf.write_text(
+            f"sentinel monitor {name} {master.host} {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        self.name = name
+        #: The master's certificates, when it speaks TLS only.
+        self.tls: dict[str, str] = {}
+        if isinstance(master, TLSRedisServer):
+            self.context = master.context
+            self.tls = {k: v for k, v in master.config.items() if k.startswith("tls-")}
+            self.tls["tls-replication"] = "yes"
+
+    def argv(self) -> list[str]:
+        # Sentinel rewrites its file (what it learns of replicas and other sentinels).
+        argv = [REDIS_SERVER, str(self.conf), "--sentinel", "--port", str(self.port)]
+        argv += ["--bind", self.host, "--dir", str(self.dir)]
+        if self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port)]
+            for key, value in self.tls.items():
+                argv += [f"--{key}", value]
+        return argv
+
+    def master_port(self) -> int | None:
+        """The port of the master this sentinel names now (None if it names none)."""
+        reply = self.cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        if not isinstance(reply, list) or len(reply) != 2:
+            return None
+        return int(reply[1])  # type: ignore[arg-type]
+
+
+class SentinelGroup:
+    """A master, a replica and three sentinels on loopback ports: Redis's own failover.
+
+    ``master`` and ``replica`` are the servers as started; after a failover,
+    ``current_master()`` is the one the sentinels agree on.
+    """
+
+    name = "goophry"
+
+    def __init__(self, make_server: Callable[..., RedisServer], directory: Callable[[], Path]):
+        self.master = make_server()
+        self.replica = make_server(replicaof=f"{self.master.host} {self.master.port}")
+        self.sentinels = [SentinelServer(directory(), self.master, self.name) for _ in range(3)]
+        try:
+            for sentinel in self.sentinels:
+                sentinel.start()
+            wait_for(
+                self.ready,
+                20,
+                message=lambda: "the replica in sync and the sentinels aware of each other",
+            )
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def addresses(self) -> list[str]:
+        return [sentinel.address for sentinel in self.sentinels]
+
+    def ready(self) -> bool:
+        """The replica is in sync and every sentinel knows the replica and the others."""
+        info = self.replica.cli("INFO", "replication")
+        if not isinstance(info, bytes) or b"master_link_status:up" not in info:
+            return False
+        for sentinel in self.sentinels:
+            state = sentinel.cli("SENTINEL", "MASTER", self.name)
+            assert isinstance(state, list)
+            fields = dict(zip(state[::2], state[1::2], strict=True))
+            if fields[b"num-slaves"] != b"1" or fields[b"num-other-sentinels"] != b"2":
+                return False
+        return True
+
+    def current_master(self) -> RedisServer | None:
+        """The server every live sentinel names as the master, once they agree."""
+        ports = {s.master_port() for s in self.sentinels if s.running()}
+        if len(ports) != 1:
+            return None
+        [port] = ports
+        return next((s for s in (self.master, self.replica) if s.port == port), None)
+
+    def kill(self) -> None:
+        for server in (*self.sentinels, self.replica, self.master):
+            server.kill()
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from tests.helpers import (
     Harness,
     RedisReplyError,
     RedisServer,
+    TLSRedisServer,
     daemon_env,
     free_port,
     process_gone,
+    redis_command,
     task_payload,
     wait_for,
     write_script,
@@ -181,3 +184,15 @@ def test_launch_writes_the_script_and_config_starts_and_pushes(
     harness.wait_settled(message=daemon.log_text)
     assert harness.failed("t") == []
     assert daemon.terminate() == 0
+
+
+def test_a_tls_server_speaks_tls_only_and_asks_for_a_certificate(
+    make_tls_redis_server: Callable[..., TLSRedisServer],
+) -> None:
+    server = make_tls_redis_server(auth_clients=True)
+    assert server.cli("PING") == b"PONG"
+    with pytest.raises((OSError, RedisReplyError)):
+        redis_command(server.host, server.port, "PING", timeout=2.0)
+    bare = ssl.create_default_context(cafile=str(server.ca_file))
+    with pytest.raises(OSError):
+        redis_command(server.host, server.port, "PING", timeout=2.0, context=bare)

@@ -15,8 +15,16 @@ from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IProcessProtocol,
+    IProcessTransport,
+    IProtocol,
+    IProtocolFactory,
+    IReactorProcess,
+    IStreamClientEndpoint,
+)
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -338,3 +346,34 @@ class FakeRedisLink:
         assert self.subscription is not None, "not subscribed"
         channel, subscriber = self.subscription
         subscriber.message(channel.encode(), data)
+
+
+# --------------------------------------------------------------------------
+# Connections
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.define(eq=False)
+class FakeEndpoint:
+    """Connects at once over a L{StringTransport}, or refuses."""
+
+    refuse: bool = False
+    connections: list[tuple[IProtocol, StringTransport]] = attrs.Factory(list)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        if self.refuse:
+            return fail(ConnectionRefusedError("refused"))
+        protocol = protocolFactory.buildProtocol(None)
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+    def answer(self, reply: bytes) -> None:
+        """The last connection's server sends C{reply} (RESP)."""
+        protocol, _ = self.connections[-1]
+        protocol.dataReceived(reply)
+
+    def sent(self) -> bytes:
+        return self.connections[-1][1].value()

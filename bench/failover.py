@@ -1,0 +1,178 @@
+"""
+Failover measurement: what a Sentinel failover costs the daemons.
+
+``python -m bench.failover [--failovers 10] [--entries 2000] [--daemons 2] [--workers 4]
+[--how kill|sentinel] [--json out.json]``
+
+Each round starts a master, a replica and three sentinels on loopback ports
+(the suite's own harness, ``tests.helpers.SentinelGroup``), pushes the
+entries and waits until the replica has them (``WAIT``), starts the daemons
+(``RedisSentinels``), lets them drain a third of the queue, then SIGKILLs
+the master (``--how kill``) or asks the sentinels for a failover while it
+runs (``--how sentinel``).  Once everything has drained from the new master
+it counts, from the script's record file, the entries that never ran (lost)
+and the runs beyond the first (repeated), and how long no task ran around
+the failover (the pause).
+
+The exit status is non-zero when an entry is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tests.helpers import (
+    DaemonProcess,
+    RedisReplyError,
+    RedisServer,
+    SentinelGroup,
+    daemon_argv,
+    daemon_env,
+    wait_for,
+    write_config,
+    write_script,
+)
+
+QUEUE_KEY = "gfailover"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One failover: what was lost and repeated, how long no task ended, how long it all took."""
+
+    ran_before: int
+    lost: int
+    repeated: int
+    pause: float
+    drain: float
+
+
+def run_round(directory: Path, opts: argparse.Namespace) -> Round:
+    count = iter(range(1_000_000))
+
+    def folder() -> Path:
+        path = directory / f"redis-{next(count)}"
+        path.mkdir()
+        return path
+
+    group = SentinelGroup(lambda **config: RedisServer(folder(), **config).start(), folder)
+    daemons: list[DaemonProcess] = []
+    try:
+        record = directory / "ran"
+        script = write_script(directory, "record.sh", f'echo "$1 $(date +%s.%N)" >> {record}')
+        config = write_config(
+            directory,
+            RedisSentinels=group.addresses,
+            RedisSentinelMaster=group.name,
+            RedisQueueKey=QUEUE_KEY,
+            Tasks=[{"Type": "record", "Script": str(script), "Workers": opts.workers}],
+            InstanceTimeout=3,
+        )
+        names = [f"e{i}" for i in range(opts.entries)]
+        payloads = [json.dumps({"Args": [name]}) for name in names]
+        group.master.cli("RPUSH", f"{QUEUE_KEY}:record", *payloads)
+        group.master.cli("WAIT", 1, 5000)
+
+        def runs() -> list[tuple[str, float]]:
+            lines = record.read_text().splitlines() if record.exists() else []
+            return [(name, float(at)) for name, at in (line.split() for line in lines)]
+
+        for n in range(opts.daemons):
+            argv, env = daemon_argv(config, (), "twistd")
+            log = directory / f"daemon-{n}.log"
+            daemons.append(DaemonProcess(argv, cwd=directory, env=daemon_env(env), log_path=log))
+        wait_for(lambda: len(runs()) >= opts.entries // 3, 60, message="a third drained")
+        failed_at = time.time()
+        if opts.how == "kill":
+            group.master.kill()
+        else:
+            group.sentinels[0].cli("SENTINEL", "FAILOVER", group.name)
+        ran_before = len(runs())
+
+        def drained() -> bool:
+            try:
+                queue = group.replica.cli("LLEN", f"{QUEUE_KEY}:record")
+                inflight = group.replica.cli("KEYS", f"{QUEUE_KEY}:record:inflight:*")
+            except (OSError, RedisReplyError):
+                # Promoting the replica closes its clients, this one included.
+                return False
+            return len({name for name, _ in runs()}) == opts.entries and not queue and not inflight
+
+        def stuck() -> str:
+            missing = opts.entries - len({name for name, _ in runs()})
+            logs = "\n".join(d.log_text()[-3000:] for d in daemons)
+            return f"everything to drain from the new master: {missing} never ran\n{logs}"
+
+        wait_for(drained, 120, interval=0.1, message=stuck)
+        drain = time.time() - failed_at
+        done = runs()
+        counts = Counter(name for name, _ in done)
+        # The longest time without a task ending, from the last one before the failover.
+        times = sorted(at for _, at in done)
+        around = [at for at in times if at > failed_at]
+        before = [at for at in times if at <= failed_at]
+        around[:0] = before[-1:]
+        pause = max((b - a for a, b in zip(around, around[1:], strict=False)), default=0.0)
+        return Round(
+            ran_before=ran_before,
+            lost=sum(1 for name in names if not counts[name]),
+            repeated=sum(c - 1 for c in counts.values()),
+            pause=pause,
+            drain=drain,
+        )
+    finally:
+        for daemon in daemons:
+            daemon.kill_session()
+        group.kill()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__)
+    parser.add_argument("--failovers", type=int, default=10)
+    parser.add_argument("--entries", type=int, default=2000)
+    parser.add_argument("--daemons", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--how", choices=("kill", "sentinel"), default="kill")
+    parser.add_argument("--json", help="write every round's figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    rounds = []
+    for n in range(opts.failovers):
+        with tempfile.TemporaryDirectory(prefix="goophry-failover-") as directory:
+            result = run_round(Path(directory), opts)
+        rounds.append(result)
+        print(
+            f"failover {n + 1}/{opts.failovers} ({opts.how}): ran before={result.ran_before} "
+            f"lost={result.lost} repeated={result.repeated} pause={result.pause:.2f}s "
+            f"drained {result.drain:.1f}s after",
+            flush=True,
+        )
+    lost = sum(r.lost for r in rounds)
+    repeated = [r.repeated for r in rounds]
+    pauses = [r.pause for r in rounds]
+    print(
+        f"{len(rounds)} failovers ({opts.how}), {opts.entries} entries each, {opts.daemons} "
+        f"daemons x {opts.workers} workers: lost={lost} repeated total={sum(repeated)} "
+        f"(max {max(repeated)} in one) pause median={statistics.median(pauses):.2f}s "
+        f"max={max(pauses):.2f}s"
+    )
+    if opts.json:
+        data = {"options": vars(opts), "rounds": [asdict(r) for r in rounds]}
+        Path(opts.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
