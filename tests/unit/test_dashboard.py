@@ -53,23 +53,33 @@ class MemoryLink:
         self.changes: list[tuple[Any, ...]] = []
 
     def execute(self, *command: Any) -> Deferred[Any]:
+        return succeed(self._read(command))
+
+    def _read(self, command: Sequence[Any]) -> Any:
         name, key, *args = command
         items = self.lists.get(key, [])
         if name == "LLEN":
-            return succeed(len(items))
+            return len(items)
         if name == "LRANGE":
             start, stop = int(args[0]), int(args[1])
-            return succeed(items[start : None if stop == -1 else stop + 1])
+            return items[start : None if stop == -1 else stop + 1]
         if name == "HGETALL":
-            return succeed([x for kv in self.hashes.get(key, {}).items() for x in kv])
+            return [x for kv in self.hashes.get(key, {}).items() for x in kv]
+        if name == "HKEYS":
+            return list(self.hashes.get(key, {}))
         if name == "EXISTS":
-            return succeed(int(key in self.strings))
+            return int(key in self.strings)
         if name == "SISMEMBER":
             member = args[0].encode() if isinstance(args[0], str) else args[0]
-            return succeed(int(member in self.sets.get(key, set())))
+            return int(member in self.sets.get(key, set()))
+        if name == "SMEMBERS":
+            return list(self.sets.get(key, set()))
         raise AssertionError(f"unexpected command {command!r}")
 
     def transaction(self, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
+        if all(c[0] == "LLEN" for c in commands):
+            # Reads in one MULTI/EXEC (the queue figures).
+            return succeed([self._read(c) for c in commands])
         self.changes.extend(tuple(c) for c in commands)
         return succeed([1] * len(commands))
 

@@ -344,6 +344,7 @@ class Daemon:
         self.control.take("INFO").answer(INFO)
         self.control.take("HGETALL").answer([])
         self.control.take("EVAL").answer([])
+        self.control.take("SMEMBERS").answer([])
         assert self.service.phase is Phase.CONSUMING
         self.take()
 
@@ -494,6 +495,7 @@ def test_a_reload_before_redis_answers_is_applied_at_the_start(daemon: Daemon) -
     daemon.control.take("INFO").answer(INFO)
     daemon.control.take("HGETALL").answer([])
     daemon.control.take("EVAL").answer([])
+    daemon.control.take("SMEMBERS").answer([])
     assert [c.state for c in daemon.service.consumers] == [State.RECONCILING] * 2
     assert daemon.systemd.sent == [{"READY": "1", "STATUS": "2 types"}]
 
@@ -541,6 +543,7 @@ def test_no_status_timer_without_a_socket() -> None:
     service.control.take("INFO").answer(INFO)  # type: ignore[attr-defined]
     service.control.take("HGETALL").answer([])  # type: ignore[attr-defined]
     service.control.take("EVAL").answer([])  # type: ignore[attr-defined]
+    service.control.take("SMEMBERS").answer([])  # type: ignore[attr-defined]
     assert service.phase is Phase.CONSUMING
     # The heartbeat's timer, nothing else.
     assert len(reactor.getDelayedCalls()) == 1
