@@ -380,6 +380,15 @@ def shell_wait_for(path: Path, seconds: int = 30) -> str:
     return f"i=0; while [ ! -e {path} ] && [ $i -lt {polls} ]; do sleep 0.05; i=$((i+1)); done"
 
 
+def shell_write(path: Path, command: str) -> str:
+    """
+    A shell line that writes C{command}'s output to C{path} whole: to a
+    temporary file first, then renamed, so that a test that sees C{path}
+    never reads it half written.
+    """
+    return f"{command} > {path}.tmp && mv {path}.tmp {path}"
+
+
 def write_config(
     directory: Path, *, filename: str = "goophry.config.json", **settings: Any
 ) -> Path:

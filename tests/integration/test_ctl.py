@@ -51,7 +51,7 @@ def as_json(config: Path, *args: str) -> Any:
 
 
 def one_error_line(done: subprocess.CompletedProcess[str], status: int, text: str) -> None:
-    """The exit status, and one line on stderr that says ``text``, no traceback."""
+    """The exit status, and one line on stderr that says C{text}, no traceback."""
     assert done.returncode == status, (done.stdout, done.stderr)
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
