@@ -13,6 +13,7 @@ L{goophry_tx.keys.Keys}, as the daemon builds them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -22,8 +23,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -266,10 +268,6 @@ class RedisServer:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir)]
@@ -781,6 +779,20 @@ def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """
+    A datagram socket of the test's own, as systemd makes for
+    C{NOTIFY_SOCKET}, and its path: a short one (an C{AF_UNIX} path is at
+    most 107 bytes).
+    """
+    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
+        path = os.path.join(folder, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            yield sock, path
 
 
 def proc_status_kib(pid: int, field: str = "VmRSS") -> int:

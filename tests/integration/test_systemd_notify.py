@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess, RedisServer, wait_for
+from tests.helpers import DaemonProcess, RedisServer, notify_socket, wait_for
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket of the test's own, as systemd would make (short path)."""
-    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
-        path = os.path.join(folder, "notify")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(path)
-            yield sock, path
+@pytest.fixture(name="notify_socket")
+def notify_socket_fixture() -> Iterator[tuple[socket.socket, str]]:
+    with notify_socket() as made:
+        yield made
 
 
 def pending(sock: socket.socket) -> list[str]:
