@@ -8,6 +8,7 @@ redis-server on a free port: tests never touch a Redis they did not start
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,6 +18,14 @@ import trustme
 
 from tests import helpers
 from tests.helpers import DaemonProcess, RedisServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts a command in the background with
+    # SIGINT ignored, and every daemon the suite starts would inherit that:
+    # twistd then leaves SIGINT alone, and the tests of Ctrl-C cannot pass.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
