@@ -88,6 +88,18 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """
+    A port on 127.0.0.1 that refuses every connection while the block lasts:
+    bound but not listening, so that no other server (another test's, on a
+    shared machine) can take it meanwhile, as it can a L{free_port}.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 # --------------------------------------------------------------------------
 # A minimal synchronous Redis (RESP2) client
 
