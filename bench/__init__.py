@@ -1,4 +1,4 @@
 """The benchmark suite: the daemon beside raw references, measured in the same run.
 
-`python -m bench` runs every scenario; `python -m bench --help` lists them.
+C{python -m bench} runs every scenario; C{python -m bench --help} lists them.
 """

@@ -1,4 +1,4 @@
-"""Command line of the benchmark suite (`make bench` runs `python -m bench`)."""
+"""Command line of the benchmark suite (C{make bench} runs C{python -m bench})."""
 
 from __future__ import annotations
 

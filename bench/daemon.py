@@ -25,9 +25,9 @@ from tests.helpers import (
     write_config,
 )
 
-#: `twistd -n goophry`, from the venv the harness runs in; no pidfile (it would
-#: land in the repository and clash between runs). (`python -m twisted` is `twist`,
-#: which has no `-n`: its form would be `python -m twisted goophry -c cfg`.)
+#: C{twistd -n goophry}, from the venv the harness runs in; no pidfile (it would
+#: land in the repository and clash between runs). (C{python -m twisted} is C{twist},
+#: which has no C{-n}: its form would be C{python -m twisted goophry -c cfg}.)
 DEFAULT_DAEMON_CMD = "{twistd} -n --pidfile= goophry -c {config}"
 #: The plain BLPOP spawner in the daemon's place (for testing the harness).
 STANDIN_DAEMON_CMD = "{python} -m bench.blpop_spawner -c {config}"

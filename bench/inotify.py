@@ -1,7 +1,7 @@
 """File-creation timestamps through inotify (ctypes; no third-party module).
 
 File mtimes tick too coarsely here to time a task's start, so the latency
-scenario runs `touch <new path>` and takes the moment inotify reports the
+scenario runs C{touch <new path>} and takes the moment inotify reports the
 IN_CREATE, on the same clock (time.monotonic_ns) as the push.
 """
 

@@ -1,7 +1,7 @@
 """The raw reference: a plain posix_spawn + waitpid loop at a fixed concurrency.
 
-It keeps `concurrency` children alive until `n` have run, reaping with
-os.waitpid(-1). Run as `python -m bench.raw --n 5000 --concurrency 8` it prints
+It keeps C{concurrency} children alive until C{n} have run, reaping with
+os.waitpid(-1). Run as C{python -m bench.raw --n 5000 --concurrency 8} it prints
 one JSON object, so the harness runs it in a fresh process like the daemon.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 
 def run_raw(n: int, concurrency: int, argv: Sequence[str]) -> dict[str, float]:
-    """Run n children, at most `concurrency` at once; return rate and CPU figures."""
+    """Run n children, at most C{concurrency} at once; return rate and CPU figures."""
     env = os.environ
     path = argv[0]
     args = list(argv)

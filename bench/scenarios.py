@@ -56,7 +56,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class CommandMeter:
-    """Commands other clients sent between `start` and `stop` (ours subtracted)."""
+    """Commands other clients sent between C{start} and C{stop} (ours subtracted)."""
 
     def __init__(self, client: RedisConnection) -> None:
         self.client = client
@@ -69,7 +69,7 @@ class CommandMeter:
         self.before = self.client.commandstats()
 
     def stop(self) -> dict[str, int]:
-        """Per-command calls by others since `start` (zero counts dropped)."""
+        """Per-command calls by others since C{start} (zero counts dropped)."""
         mine = collections.Counter(self.client.sent)
         mine.subtract(self.sent_before)
         after = self.client.commandstats()
@@ -282,7 +282,7 @@ def _compare(
     count_children: bool = False,
     warmup: int = 0,
 ) -> dict[str, Any]:
-    """Alternate raw and ours `repeats` times with one daemon; medians and ratios."""
+    """Alternate raw and ours C{repeats} times with one daemon; medians and ratios."""
     n = sum(len(v) for v in pushes.values())
     raws: list[dict[str, Any]] = []
     ours: list[dict[str, Any]] = []
@@ -360,13 +360,13 @@ def cost(tput: dict[str, Any]) -> dict[str, Any]:
 def idle(
     b: Bench, types: int, seconds: float, workers: int = 8, settle: float = 3.0
 ) -> dict[str, Any]:
-    """Idle CPU and Redis traffic with 1 and with `types` task types: polling would grow."""
+    """Idle CPU and Redis traffic with 1 and with C{types} task types: polling would grow."""
     by_types = {str(t): _idle(b, t, seconds, workers, settle) for t in sorted({1, types})}
     return {"types": types, "workers": workers, "settle_s": settle, "by_types": by_types}
 
 
 def _idle(b: Bench, types: int, seconds: float, workers: int, settle: float) -> dict[str, Any]:
-    """Daemon CPU and Redis traffic with `types` task types and nothing to do."""
+    """Daemon CPU and Redis traffic with C{types} task types and nothing to do."""
     tasks = [TaskSpec(f"t{i}", TRUE, workers) for i in range(types)]
     with b.daemon(tasks) as d:
         time.sleep(settle)
@@ -399,7 +399,7 @@ def _latency_run(
     rate: float,
     push: Callable[[str], int],
 ) -> dict[str, Any]:
-    """Push (or spawn) `touch <new path>` at a steady rate; latency = creation - push."""
+    """Push (or spawn) C{touch <new path>} at a steady rate; latency = creation - push."""
     interval = int(1e9 / rate)
     warm = [f"{tag}-w{i}" for i in range(20)]
     names = [f"{tag}-{i}" for i in range(samples)]
@@ -427,7 +427,7 @@ def _summary(lat: Sequence[float]) -> dict[str, float]:
 
 
 def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) -> dict[str, Any]:
-    """Push-to-start of `touch` at a low rate: ours, a plain BLPOP spawner, a bare spawn."""
+    """Push-to-start of C{touch} at a low rate: ours, a plain BLPOP spawner, a bare spawn."""
     directory = tempfile.mkdtemp(dir=b.workdir, prefix="touch-")
     watcher = CreationWatcher(directory)
     tasks = [TaskSpec("lat", TOUCH, workers)]
@@ -491,7 +491,7 @@ def scale(
     sleep_s: float = 0.3,
     waves: int = 8,
 ) -> dict[str, Any]:
-    """Throughput over many task types, and with `alive` long children at once."""
+    """Throughput over many task types, and with C{alive} long children at once."""
     by_types: dict[str, Any] = {}
     for t in type_counts:
         t0 = time.monotonic()

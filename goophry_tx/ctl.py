@@ -284,8 +284,7 @@ async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> in
             return _error(f"cannot reach Redis at {describe(config)}: {e}", FAILED)
         except defer.TimeoutError:
             return _error(
-                f"cannot reach Redis at {describe(config)}: "
-                f"no answer within {CONNECT_TIMEOUT:g}s",
+                f"cannot reach Redis at {describe(config)}: no answer within {CONNECT_TIMEOUT:g}s",
                 FAILED,
             )
         return await _command(link, Keys(config.redis_queue_key), config, args)

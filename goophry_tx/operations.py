@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 
 from goophry_tx.keys import Keys
 from goophry_tx.recovery import machine_identity
-from goophry_tx.redis import RedisLink
+from goophry_tx.redis import IRedisLink
 from goophry_tx.stats import queue_figures
 
 P = ParamSpec("P")
@@ -86,7 +86,7 @@ def _deferred(
     return wrapper
 
 
-async def _each(link: RedisLink, commands: Iterable[Sequence[str | bytes | int]]) -> list[Any]:
+async def _each(link: IRedisLink, commands: Iterable[Sequence[str | bytes | int]]) -> list[Any]:
     """Send the commands at once (one round trip) and gather their replies."""
     try:
         return await gatherResults(
@@ -164,7 +164,7 @@ class _Registered:
         return tuple(t for t in types if isinstance(t, str))
 
 
-async def _registered(link: RedisLink, keys: Keys) -> list[_Registered]:
+async def _registered(link: IRedisLink, keys: Keys) -> list[_Registered]:
     flat = await link.execute("HGETALL", keys.instances)
     names = [_text(name) for name in flat[::2]]
     records = []
@@ -182,7 +182,7 @@ async def _registered(link: RedisLink, keys: Keys) -> list[_Registered]:
 
 
 @_deferred
-async def instances(link: RedisLink, keys: Keys) -> list[Instance]:
+async def instances(link: IRedisLink, keys: Keys) -> list[Instance]:
     """Every registered instance, with how many entries it has in flight."""
     registered = await _registered(link, keys)
     pairs = [(r, t) for r in registered for t in r.types]
@@ -239,7 +239,7 @@ class Overview:
 
 
 @_deferred
-async def stats(link: RedisLink, keys: Keys, types: Sequence[str]) -> Overview:
+async def stats(link: IRedisLink, keys: Keys, types: Sequence[str]) -> Overview:
     """
     Per type: queued, in flight (summed over every registered instance),
     failed, paused; and the number of live and dead instances.
@@ -275,7 +275,7 @@ class Pushed:
 
 
 @_deferred
-async def push(link: RedisLink, keys: Keys, task_type: str, args: Sequence[str]) -> Pushed:
+async def push(link: IRedisLink, keys: Keys, task_type: str, args: Sequence[str]) -> Pushed:
     """C{RPUSH} a task with these arguments, as a producer would."""
     entry = producer_entry(args)
     length = await link.execute("RPUSH", keys.queue(task_type), entry)
@@ -294,7 +294,7 @@ class PauseChange:
         return attrs.asdict(self)
 
 
-async def _set_paused(link: RedisLink, keys: Keys, task_type: str, paused: bool) -> PauseChange:
+async def _set_paused(link: IRedisLink, keys: Keys, task_type: str, paused: bool) -> PauseChange:
     # The message goes out with the change, never without it.
     replies = await link.transaction(
         [
@@ -306,13 +306,13 @@ async def _set_paused(link: RedisLink, keys: Keys, task_type: str, paused: bool)
 
 
 @_deferred
-async def pause(link: RedisLink, keys: Keys, task_type: str) -> PauseChange:
+async def pause(link: IRedisLink, keys: Keys, task_type: str) -> PauseChange:
     """Tell every daemon to stop taking entries of this type; they stay queued."""
     return await _set_paused(link, keys, task_type, True)
 
 
 @_deferred
-async def resume(link: RedisLink, keys: Keys, task_type: str) -> PauseChange:
+async def resume(link: IRedisLink, keys: Keys, task_type: str) -> PauseChange:
     """Tell every daemon to take entries of this type again."""
     return await _set_paused(link, keys, task_type, False)
 
@@ -428,7 +428,7 @@ class FailedPage:
 
 @_deferred
 async def failed_list(
-    link: RedisLink, keys: Keys, task_type: str, offset: int = 0, limit: int | None = None
+    link: IRedisLink, keys: Keys, task_type: str, offset: int = 0, limit: int | None = None
 ) -> FailedPage:
     """The failed entries of a type, oldest first, from C{offset}."""
     key = keys.failed(task_type)
@@ -439,7 +439,7 @@ async def failed_list(
 
 
 @_deferred
-async def failed_entry(link: RedisLink, keys: Keys, task_type: str, index: int) -> FailedEntry:
+async def failed_entry(link: IRedisLink, keys: Keys, task_type: str, index: int) -> FailedEntry:
     """
     The failed entry at C{index}.
 
@@ -500,7 +500,7 @@ class Moved:
 
 
 async def _chosen(
-    link: RedisLink, key: str, refs: Sequence[EntryRef] | None
+    link: IRedisLink, key: str, refs: Sequence[EntryRef] | None
 ) -> tuple[list[FailedEntry], list[Skipped]]:
     """The entries named (all when C{refs} is None) and those that cannot be."""
     if refs is None:
@@ -527,7 +527,7 @@ async def _chosen(
 
 
 async def _move(
-    link: RedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None, requeue: bool
+    link: IRedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None, requeue: bool
 ) -> Moved:
     failed = keys.failed(task_type)
     entries, skipped = await _chosen(link, failed, refs)
@@ -561,7 +561,7 @@ async def _move(
 
 @_deferred
 async def failed_retry(
-    link: RedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None
+    link: IRedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None
 ) -> Moved:
     """
     Move failed entries (all when C{refs} is None) back to the tail of their
@@ -572,7 +572,7 @@ async def failed_retry(
 
 @_deferred
 async def failed_purge(
-    link: RedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None
+    link: IRedisLink, keys: Keys, task_type: str, refs: Sequence[EntryRef] | None
 ) -> Moved:
     """Delete failed entries (all when C{refs} is None), each only if still the one named."""
     return await _move(link, keys, task_type, refs, requeue=False)
@@ -623,7 +623,7 @@ class InflightEntry:
 
 @_deferred
 async def inflight(
-    link: RedisLink, keys: Keys, task_type: str | None = None
+    link: IRedisLink, keys: Keys, task_type: str | None = None
 ) -> list[InflightEntry]:
     """What each registered instance has taken and not finished (of one type, or all)."""
     registered = await _registered(link, keys)
@@ -656,7 +656,7 @@ class QueueHead:
 
 
 @_deferred
-async def queue_head(link: RedisLink, keys: Keys, task_type: str, limit: int) -> QueueHead:
+async def queue_head(link: IRedisLink, keys: Keys, task_type: str, limit: int) -> QueueHead:
     """The first C{limit} entries of a type's queue: those taken next."""
     key = keys.queue(task_type)
     total, raws = await _each(link, [("LLEN", key), ("LRANGE", key, 0, limit - 1)])

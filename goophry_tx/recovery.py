@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goophry_tx.keys import LUA_KEYS, Keys
-from goophry_tx.redis import IRedisLink, is_transient
+from goophry_tx.redis import IRedisLink, ResponseError, is_transient
 
 # ARGV after the key layout: own name, heartbeat milliseconds, own record,
 # and '1' to look for dead instances.  Beats, registers, and returns the
@@ -400,9 +400,14 @@ class HeartbeatService(Service):
 
     def _beat_failed(self, failure: Failure) -> None:
         self._after_outage = True
-        # Redis being away is logged once by the links; anything else here.
-        if not is_transient(failure):
+        if is_transient(failure):
+            # Redis being away is logged once by the links.
+            return
+        if failure.check(ResponseError):
             self.log.error("heartbeat failed: {error}", error=failure.getErrorMessage())
+        else:
+            # A bug (in recovering, or in recording what was abandoned): its traceback.
+            self.log.failure("heartbeat failed", failure)
 
     def recover_local(self) -> Deferred[Any]:
         """

@@ -19,7 +19,6 @@ from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IReactorCore,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
@@ -44,7 +43,7 @@ from goophry_tx.pausing import PauseWatcher
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
-from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
+from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, Retry
 from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
 from goophry_tx.stats import Stats, StatsResource, queue_figures
 from goophry_tx.store import OutcomeStore
@@ -167,7 +166,7 @@ class GoophryService(MultiService):
         #: The start under way, from waiting for Redis to the first beat.
         self._starting: Deferred[None] | None = None
         #: The next try at starting, after one that failed.
-        self._retry: IDelayedCall | None = None
+        self._retry = Retry(reactor)
         self.status = StatusService(self.systemd, self._status, reactor)
 
     def _link(self, purpose: str) -> RedisLink:
@@ -346,7 +345,6 @@ class GoophryService(MultiService):
         Once Redis answers: learn its version, recover what a killed daemon
         on this host left in flight, start the heartbeat, then consume.
         """
-        self._retry = None
         d: Deferred[Any] = self.control.when_connected()
         self._starting = d
         d.addCallback(lambda _: self.control.execute("INFO", "server"))
@@ -399,8 +397,10 @@ class GoophryService(MultiService):
             return
         if not failure.check(ConnectionError):
             self.log.failure("cannot start consuming; trying again", failure)
-        # The link comes back by itself; start again when it has.
-        self._retry = self._reactor.callLater(0.5, self._begin)
+        # Whatever the error (unlike a command's L{Retry.later}): the daemon
+        # has nothing to do until it has started.  The link comes back by
+        # itself; L{_begin} waits for it.
+        self._retry.after(0.5, self._begin)
 
     # Reloading
 
@@ -495,9 +495,7 @@ class GoophryService(MultiService):
             running=sum(c.running for c in self._working),
         )
         self.phase = Phase.STOPPING
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        self._retry.cancel()
         if self._starting is not None:
             self._starting.cancel()
         self.systemd.stopping()

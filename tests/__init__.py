@@ -1,1 +1,1 @@
-"""Goophry on Twisted's test suite (a package, so tests import ``tests.helpers``)."""
+"""Goophry on Twisted's test suite (a package, so tests import C{tests.helpers})."""

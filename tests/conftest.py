@@ -8,6 +8,7 @@ redis-server on a free port: tests never touch a Redis they did not start
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,6 +18,14 @@ import trustme
 
 from tests import helpers
 from tests.helpers import DaemonProcess, RedisServer, SentinelGroup, TLSRedisServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts a command in the background with
+    # SIGINT ignored, and every daemon the suite starts would inherit that:
+    # twistd then leaves SIGINT alone, and the tests of Ctrl-C cannot pass.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +52,10 @@ def redis(redis_server: RedisServer) -> RedisServer:
 def make_redis_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., RedisServer]]:
-    """Factory for a test's own redis-server, e.g. ``make_redis_server(appendonly="yes")``.
+    """Factory for a test's own redis-server, e.g. C{make_redis_server(appendonly="yes")}.
 
-    Keyword arguments become redis-server options (``_`` is written ``-``);
-    ``port=`` fixes the port. Every server made is killed at teardown.
+    Keyword arguments become redis-server options (C{_} is written C{-});
+    C{port=} fixes the port. Every server made is killed at teardown.
     """
     servers: list[RedisServer] = []
 
@@ -121,11 +130,11 @@ def queue_key(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def write_config(tmp_path: Path, redis: RedisServer, queue_key: str) -> Callable[..., Path]:
-    """``write_config(Tasks=[...], **settings) -> path``, pointing at the test's Redis.
+    """C{write_config(Tasks=[...], **settings) -> path}, pointing at the test's Redis.
 
-    RedisAddress and RedisQueueKey default to the ``redis`` fixture's address
-    and ``queue_key``; pass a setting as None to leave it out. A first
-    positional argument, when given, is the directory (default ``tmp_path``).
+    RedisAddress and RedisQueueKey default to the C{redis} fixture's address
+    and C{queue_key}; pass a setting as None to leave it out. A first
+    positional argument, when given, is the directory (default C{tmp_path}).
     """
 
     def write(directory: Path | None = None, /, **settings: Any) -> Path:
@@ -138,12 +147,12 @@ def write_config(tmp_path: Path, redis: RedisServer, queue_key: str) -> Callable
 
 @pytest.fixture
 def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """Start the real daemon: ``run_daemon(cfg, "-v", how="twistd"|"tac"|"cli")``.
+    """Start the real daemon: C{run_daemon(cfg, "-v", how="twistd"|"tac"|"cli")}.
 
-    Optional keywords: ``cwd`` (default: a fresh directory under tmp_path),
-    ``env`` (added to the environment), ``twistd_args`` (options before the
-    plugin name, e.g. ``["--pidfile="]``). Output goes to ``daemon-N.log``,
-    read with ``.log_text()``. Everything still running at teardown, scripts
+    Optional keywords: C{cwd} (default: a fresh directory under tmp_path),
+    C{env} (added to the environment), C{twistd_args} (options before the
+    plugin name, e.g. C{["--pidfile="]}). Output goes to C{daemon-N.log},
+    read with C{.log_text()}. Everything still running at teardown, scripts
     included, is killed.
     """
     started: list[DaemonProcess] = []
@@ -193,8 +202,8 @@ class TLSFiles(NamedTuple):
 def tls_files(tmp_path: Path, tls_ca: trustme.CA) -> TLSFiles:
     """Server certificate files for 127.0.0.1 and localhost: (cert, key, ca).
 
-    The certificate is issued by an intermediate CA and ``cert`` holds the
-    chain (leaf, then intermediate), so a client that trusts only ``ca``
+    The certificate is issued by an intermediate CA and C{cert} holds the
+    chain (leaf, then intermediate), so a client that trusts only C{ca}
     checks that the server sends the whole chain.
     """
     leaf = tls_ca.create_child_ca().issue_cert("127.0.0.1", "localhost")

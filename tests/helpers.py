@@ -13,6 +13,7 @@ L{goophry_tx.keys.Keys}, as the daemon builds them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -22,8 +23,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -86,6 +88,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """
+    A port on 127.0.0.1 that refuses every connection while the block lasts:
+    bound but not listening, so that no other server (another test's, on a
+    shared machine) can take it meanwhile, as it can a L{free_port}.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------
@@ -288,10 +302,6 @@ class RedisServer:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir)]
@@ -559,6 +569,15 @@ def shell_wait_for(path: Path, seconds: int = 30) -> str:
     """
     polls = seconds * 20
     return f"i=0; while [ ! -e {path} ] && [ $i -lt {polls} ]; do sleep 0.05; i=$((i+1)); done"
+
+
+def shell_write(path: Path, command: str) -> str:
+    """
+    A shell line that writes C{command}'s output to C{path} whole: to a
+    temporary file first, then renamed, so that a test that sees C{path}
+    never reads it half written.
+    """
+    return f"{command} > {path}.tmp && mv {path}.tmp {path}"
 
 
 def write_config(
@@ -968,6 +987,20 @@ def kill_quietly(pid: int, signum: int = signal.SIGKILL) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """
+    A datagram socket of the test's own, as systemd makes for
+    C{NOTIFY_SOCKET}, and its path: a short one (an C{AF_UNIX} path is at
+    most 107 bytes).
+    """
+    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
+        path = os.path.join(folder, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            yield sock, path
 
 
 def proc_status_kib(pid: int, field: str = "VmRSS") -> int:

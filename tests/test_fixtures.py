@@ -128,7 +128,7 @@ def test_write_script(tmp_path: Path) -> None:
 
 
 def test_daemon_process_handle(tmp_path: Path) -> None:
-    """The handle behind ``run_daemon``, on a stand-in long-running program."""
+    """The handle behind C{run_daemon}, on a stand-in long-running program."""
     program = "import time; print('up', flush=True); time.sleep(60)"
     proc = DaemonProcess(
         [sys.executable, "-c", program],

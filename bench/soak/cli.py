@@ -1,10 +1,10 @@
 """
 Reliability soak: every entry pushed is accounted for, across kill -9s.
 
-``python -m bench.soak [--entries 20000] [--seed 1] [--duration-limit 600] [--json out.json]``
+C{python -m bench.soak [--entries 20000] [--seed 1] [--duration-limit 600] [--json out.json]}
 
-It starts its own redis-server (AOF, ``appendfsync always``) on a free port,
-writes a config with three task types (``ok``, ``fail``, ``slow``) whose
+It starts its own redis-server (AOF, C{appendfsync always}) on a free port,
+writes a config with three task types (C{ok}, C{fail}, C{slow}) whose
 scripts append their first argument to a record file, pushes N entries with
 unique ids in batches while the daemon runs, and, on a seeded random
 schedule, kill -9s the daemon (started again after a short pause) and

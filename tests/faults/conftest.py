@@ -1,9 +1,9 @@
 """Fixtures for the fault suite: every fault is caused for real.
 
-The daemon runs as ``twistd -n goophry``, Redis is a real ``redis-server``,
+The daemon runs as C{twistd -n goophry}, Redis is a real C{redis-server},
 and scripts leave marker lines in files so that a test can tell what ran, how
 often, and what was running at the moment of a crash. Every wait is bounded
-(``wait_for``); the only deliberate pauses are outages of a stated length.
+(C{wait_for}); the only deliberate pauses are outages of a stated length.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Rig(Harness):
         return [entry for key in self.inflight_keys() for entry in self.lrange(key)]
 
     def wait_consuming(self, clients: int = 1, timeout: float = 20.0) -> None:
-        """Wait until ``clients`` connections block in BLMOVE for the daemons.
+        """Wait until C{clients} connections block in BLMOVE for the daemons.
 
         An entry pushed after that is taken at once.
         """
@@ -102,7 +102,7 @@ class Rig(Harness):
     # Scripts and their markers
 
     def recorder(self, name: str = "task.sh", seconds: float = 0.5, extra: str = "") -> Path:
-        """A script that marks its start, runs ``extra``, sleeps, then marks its end."""
+        """A script that marks its start, runs C{extra}, sleeps, then marks its end."""
         return self.script(
             name,
             f'echo "$1" >> {self.started_file}\n{extra}\nsleep {seconds}\n'

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.faults.conftest import Rig
-from tests.helpers import DaemonProcess, outcomes, wait_for
+from tests.helpers import DaemonProcess, outcomes, shell_write, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,9 +81,7 @@ def test_arbitrary_entries_are_run_or_stored_as_failed(
     run = tmp_path / "run"
     # The argument count, then the arguments, NUL-separated, written whole
     # (and nothing on stdout: a run succeeds).
-    script = rig.script(
-        "record.sh", f'printf \'%s\\0\' "$#" "$@" > {run}.tmp && mv {run}.tmp {run}'
-    )
+    script = rig.script("record.sh", shell_write(run, 'printf \'%s\\0\' "$#" "$@"'))
     cfg = rig.config(
         [{"Type": "any", "Script": str(script)}], StatsInterface=stats_address, BlockTimeout=30
     )

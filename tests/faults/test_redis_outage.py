@@ -18,7 +18,7 @@ MakeServer = Callable[..., RedisServer]
 
 
 def _failing_recorder(rig: Rig, seconds: float) -> Path:
-    """Like ``rig.recorder``, but an argument starting with ``bad`` exits 3 at the end."""
+    """Like C{rig.recorder}, but an argument starting with C{bad} exits 3 at the end."""
     return rig.script(
         "task.sh",
         f'echo "$1" >> {rig.started_file}\nsleep {seconds}\necho "$1" >> {rig.done_file}\n'

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import shell_write, wait_for
 from tests.integration.conftest import Goophry
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ TRICKY = [
 def _argv_recorder(out: Path) -> str:
     """A script that writes its arguments, NUL-separated, to C{out}."""
     # (A bare printf '%s\0' "$@" would print one empty argument for none.)
-    return f'for a in "$@"; do printf \'%s\\0\' "$a"; done > {out}.tmp\nmv {out}.tmp {out}'
+    return shell_write(out, 'for a in "$@"; do printf \'%s\\0\' "$a"; done')
 
 
 def _read_argv(out: Path) -> list[str]:

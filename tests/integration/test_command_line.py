@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from goophry_tx import __version__
-from tests.helpers import TWISTD, DaemonProcess, daemon_env, wait_for, write_config, write_script
+from tests.helpers import (
+    TWISTD,
+    DaemonProcess,
+    daemon_env,
+    shell_write,
+    wait_for,
+    write_config,
+    write_script,
+)
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
@@ -115,7 +123,7 @@ def test_keys_are_matched_case_insensitively(
     run_daemon: Callable[..., DaemonProcess],
 ) -> None:
     out = tmp_path / "out"
-    script = goophry.script("t.sh", f'printf "%s" "$1" > {out}')
+    script = goophry.script("t.sh", shell_write(out, 'printf "%s" "$1"'))
     cfg = write_config(
         tmp_path,
         redisaddress=goophry.redis.address,
@@ -142,9 +150,9 @@ def test_relative_paths_resolve_against_the_config_directory(
     elsewhere.mkdir()
     out = tmp_path / "out"
     told = tmp_path / "told"
-    write_script(conf / "scripts", "ok.sh", f'printf "%s|%s" "$1" "$(pwd)" > {out}')
+    write_script(conf / "scripts", "ok.sh", shell_write(out, 'printf "%s|%s" "$1" "$(pwd)"'))
     write_script(conf / "scripts", "fail.sh", "exit 4")
-    write_script(conf, "error.sh", f'printf "%s" "$1" > {told}')
+    write_script(conf, "error.sh", shell_write(told, 'printf "%s" "$1"'))
     write_config(
         conf,
         Tasks=[
@@ -188,7 +196,7 @@ def test_the_config_is_json_the_original_accepts(
 ) -> None:
     """A Goophry 1.1.0 config, every original setting spelled as its README does."""
     out = tmp_path / "out"
-    write_script(tmp_path, "task.sh", f'printf "%s" "$*" > {out}')
+    write_script(tmp_path, "task.sh", shell_write(out, 'printf "%s" "$*"'))
     write_script(tmp_path, "error.sh", "true")
     config = {
         "RedisNetwork": "tcp",

@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import DaemonProcess, RedisServer, daemon_env, free_port, wait_for
+from tests.helpers import (
+    DaemonProcess,
+    RedisServer,
+    daemon_env,
+    free_port,
+    refusing_port,
+    wait_for,
+)
 from tests.integration.conftest import Goophry
 
 pytestmark = pytest.mark.integration
@@ -51,7 +58,7 @@ def as_json(config: Path, *args: str) -> Any:
 
 
 def one_error_line(done: subprocess.CompletedProcess[str], status: int, text: str) -> None:
-    """The exit status, and one line on stderr that says ``text``, no traceback."""
+    """The exit status, and one line on stderr that says C{text}, no traceback."""
     assert done.returncode == status, (done.stdout, done.stderr)
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
@@ -240,9 +247,10 @@ def test_bad_indices_and_malformed_entries_are_left_alone_with_a_line_each(
 def test_redis_down_is_one_line_and_status_1(
     goophry: Goophry, write_config: Callable[..., Path]
 ) -> None:
-    cfg = config_with(goophry, write_config, RedisAddress=f"127.0.0.1:{free_port()}")
-    for args in (["stats"], ["failed", "ls", "t"], ["push", "t", "x"], ["instances"]):
-        one_error_line(ctl(cfg, *args), 1, "cannot reach Redis at 127.0.0.1:")
+    with refusing_port() as port:
+        cfg = config_with(goophry, write_config, RedisAddress=f"127.0.0.1:{port}")
+        for args in (["stats"], ["failed", "ls", "t"], ["push", "t", "x"], ["instances"]):
+            one_error_line(ctl(cfg, *args), 1, "cannot reach Redis at 127.0.0.1:")
 
 
 def test_a_redis_that_does_not_answer_is_one_line_and_status_1(

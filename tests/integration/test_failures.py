@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers import task_payload, wait_for
+from tests.helpers import shell_write, task_payload, wait_for
 from tests.integration.conftest import Goophry
 
 pytestmark = pytest.mark.integration
@@ -71,10 +71,10 @@ CASES = {
 
 
 def _error_script(goophry: Goophry, out: Path) -> Path:
-    """ErrorScript: writes how many arguments it got, and its first, to ``out``."""
+    """ErrorScript: writes how many arguments it got, and its first, to C{out}."""
     return goophry.script(
         "error.sh",
-        f'{{ printf "%s\\n" "$#"; printf "%s" "$1"; }} > {out}.tmp\nmv {out}.tmp {out}',
+        shell_write(out, '{ printf "%s\\n" "$#"; printf "%s" "$1"; }'),
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import task_payload, wait_for
+from tests.helpers import shell_write, task_payload, wait_for
 from tests.integration.conftest import Goophry, stats_when
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def test_every_invalid_entry_is_stored_raw_and_the_daemon_goes_on(
     told = tmp_path / "told"
     error_script = goophry.script("error.sh", f'printf "%s\\n" "$#" >> {told}')
     daemon = goophry.launch(
-        f'printf "%s" "$1" > {ran}',
+        shell_write(ran, 'printf "%s" "$1"'),
         *INVALID,
         task_payload("after"),
         task_type="job",

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, TWISTD, kill_quietly, shell_wait_for, task_payload, wait_for
+from tests.helpers import (
+    REPO_ROOT,
+    TWISTD,
+    kill_quietly,
+    shell_wait_for,
+    shell_write,
+    task_payload,
+    wait_for,
+)
 from tests.integration.conftest import STARTED, Goophry
 
 pytestmark = pytest.mark.integration
@@ -25,7 +33,7 @@ def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
     goophry: Goophry, tmp_path: Path, how: str
 ) -> None:
     out = tmp_path / "out"
-    daemon = goophry.launch(f'printf "%s" "$1" > {out}', task_payload(how), how=how).daemon
+    daemon = goophry.launch(shell_write(out, 'printf "%s" "$1"'), task_payload(how), how=how).daemon
     wait_for(out.exists, message=lambda: daemon.log_text())
     assert out.read_text() == how
 
@@ -170,8 +178,8 @@ def test_in_the_background_it_runs_workers_at_once_and_stops_on_sigterm(
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     argv = [*TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "goophry", "-c", str(cfg)]
     subprocess.run(argv, cwd=tmp_path, env=env, check=True, timeout=30)
-    wait_for(pidfile.exists, message="no pid file")
-    pid = int(pidfile.read_text())
+    # Read once twistd has written it, not only made it.
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), message="no pid"))
     try:
         wait_for(lambda: STARTED in logfile.read_text(), message=lambda: logfile.read_text())
         for n in range(4):

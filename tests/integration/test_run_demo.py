@@ -1,4 +1,4 @@
-"""`make run` (examples/run-demo.sh): a signal stops the daemon first, then its Redis."""
+"""C{make run} (examples/run-demo.sh): a signal stops the daemon first, then its Redis."""
 
 from __future__ import annotations
 

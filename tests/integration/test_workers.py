@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _events(log: Path) -> list[tuple[float, str, str]]:
-    """``(time, "start"|"end", task)`` from the lines the scripts appended."""
+    """C{(time, "start"|"end", task)} from the lines the scripts appended."""
     events = []
     for line in log.read_text().splitlines():
         kind, task, when = line.split()

@@ -1,7 +1,7 @@
 """
 A short reliability soak: every entry is accounted for across kill -9s.
 
-The same code as ``python -m bench.soak``, on 1500 entries with two kill -9s
+The same code as C{python -m bench.soak}, on 1500 entries with two kill -9s
 of the daemon and one of Redis, bounded to about a minute.
 """
 

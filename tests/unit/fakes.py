@@ -1,6 +1,6 @@
 """In-memory stand-ins for a process reactor and a Redis link.
 
-Modelled on treq's ``local_httpbin`` test helpers: every spawn is recorded
+Modelled on treq's C{local_httpbin} test helpers: every spawn is recorded
 as a L{SpawnedProcess} that the test drives by hand (feed output, end it),
 and every Redis command waits until the test answers it.  Nothing here
 touches real time, real processes or a real Redis.

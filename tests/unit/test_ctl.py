@@ -47,7 +47,7 @@ def test_json_and_config_are_read_before_or_after_the_command() -> None:
 
 def test_stats_asks_every_instance_list_at_once() -> None:
     link = FakeRedisLink()
-    d = operations.stats(link, KEYS, ["t"])  # type: ignore[arg-type]
+    d = operations.stats(link, KEYS, ["t"])
     link.take("HGETALL").answer([b"a", b'{"types":["t"]}', b"b", b"not json"])
     assert [c.command for c in link.pending] == [
         ("EXISTS", "q:instance:a"),
@@ -76,7 +76,7 @@ def test_stats_asks_every_instance_list_at_once() -> None:
 
 def test_pause_publishes_in_the_same_transaction() -> None:
     link = FakeRedisLink()
-    d = operations.pause(link, KEYS, "t")  # type: ignore[arg-type]
+    d = operations.pause(link, KEYS, "t")
     sent = link.take("MULTI")
     assert sent.command == ("MULTI", ("SADD", "q:paused", "t"), ("PUBLISH", "q:paused", "pause t"))
     sent.answer([1, 2])
@@ -85,7 +85,7 @@ def test_pause_publishes_in_the_same_transaction() -> None:
 
 def test_a_connection_lost_midway_fails_the_operation() -> None:
     link = FakeRedisLink()
-    d = operations.failed_list(link, KEYS, "t", 0, 10)  # type: ignore[arg-type]
+    d = operations.failed_list(link, KEYS, "t", 0, 10)
     assert [c.command for c in link.pending] == [
         ("LLEN", "q:t:failed"),
         ("LRANGE", "q:t:failed", 0, 9),
@@ -96,9 +96,7 @@ def test_a_connection_lost_midway_fails_the_operation() -> None:
 
 def test_retry_sends_each_entry_with_its_value_and_producer_form() -> None:
     link = FakeRedisLink()
-    d = operations.failed_retry(  # type: ignore[arg-type]
-        link, KEYS, "t", [operations.EntryRef(2), operations.EntryRef(0)]
-    )
+    d = operations.failed_retry(link, KEYS, "t", [operations.EntryRef(2), operations.EntryRef(0)])
     assert [c.command for c in link.pending] == [
         ("LLEN", "q:t:failed"),
         ("LINDEX", "q:t:failed", 0),
@@ -123,7 +121,7 @@ def test_retry_sends_each_entry_with_its_value_and_producer_form() -> None:
 
 def test_show_of_a_missing_index_is_an_operation_error() -> None:
     link = FakeRedisLink()
-    d = operations.failed_entry(link, KEYS, "t", 7)  # type: ignore[arg-type]
+    d = operations.failed_entry(link, KEYS, "t", 7)
     link.pending[0].answer(2)
     link.pending[0].answer(None)
     failure = failure_result_of(d, operations.OperationError)

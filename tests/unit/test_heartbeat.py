@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -12,7 +13,14 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
 from goophry_tx.keys import Keys
-from goophry_tx.recovery import BEAT_SCRIPT, LEAVE_SCRIPT, Abandoned, HeartbeatService
+from goophry_tx.recovery import (
+    BEAT_SCRIPT,
+    LEAVE_SCRIPT,
+    RECOVER_SCRIPT,
+    Abandoned,
+    HeartbeatService,
+)
+from goophry_tx.redis import ResponseError
 from tests.unit.fakes import (
     FakeRedisLink,
     assert_no_result,
@@ -44,20 +52,20 @@ class Rig:
         return [str(e["log_format"]) for e in self.events if e["log_level"] >= LogLevel.warn]
 
 
-def rig() -> Rig:
+def rig(on_abandoned: Callable[[Abandoned], None] | None = None) -> Rig:
     clock = Clock()
     clock.advance(1000)
     link = FakeRedisLink()
     abandoned: list[Abandoned] = []
     heartbeat = HeartbeatService(
-        link,  # type: ignore[arg-type]
+        link,
         Keys("q"),
         "i1",
         ["a", "b"],
         clock,
         TIMEOUT,
         3,
-        abandoned.append,
+        on_abandoned or abandoned.append,
         host="h",
         pid=os.getpid(),
     )
@@ -247,3 +255,26 @@ def test_each_dead_instance_recovered_is_counted() -> None:
     assert recovered == [None]
     link.take("EVAL").answer([])
     assert recovered == [None]
+
+
+def test_a_refused_beat_is_logged_and_a_bug_with_its_traceback() -> None:
+    r = rig()
+    r.heartbeat.startService()
+    r.link.take("EVAL").refuse(ResponseError("NOSCRIPT gone"))
+    assert r.warnings() == ["heartbeat failed: {error}"]
+
+    def broken(abandoned: Abandoned) -> None:
+        raise RuntimeError(f"cannot record {abandoned.payload!r}")
+
+    r = rig(on_abandoned=broken)
+    r.heartbeat.startService()
+    r.link.take("EVAL").answer([b"dead:1"])
+    [recover] = r.link.pending
+    assert recover.command[:2] == ("EVAL", RECOVER_SCRIPT)
+    recover.answer([b"0", b"a", b"x", b"3"])
+    [event] = [e for e in r.events if "log_failure" in e]
+    assert event["log_format"] == "heartbeat failed"
+    assert event["log_failure"].check(RuntimeError)
+    # The next beat comes all the same.
+    r.clock.advance(INTERVAL)
+    assert len(r.beats()) == 2

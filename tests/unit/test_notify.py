@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +11,14 @@ import pytest
 from twisted.logger import LogEvent, Logger, formatEvent
 
 from goophry_tx.notify import SystemdNotifier
+from tests.helpers import notify_socket
 
 
 @pytest.fixture
 def listener() -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket on a short path (AF_UNIX paths are at most 107 bytes)."""
-    with tempfile.TemporaryDirectory(prefix="gn-") as folder:
-        path = os.path.join(folder, "notify")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(path)
-            sock.settimeout(5.0)
-            yield sock, path
+    with notify_socket() as (sock, path):
+        sock.settimeout(5.0)
+        yield sock, path
 
 
 def received(sock: socket.socket) -> list[str]:

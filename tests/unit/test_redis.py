@@ -29,28 +29,26 @@ from tests.unit.fakes import FakeRedisLink, failure_result_of, success_result_of
 # The link and its fake
 
 
-def test_the_link_and_its_fake_provide_the_interface() -> None:
+def _link() -> RedisLink:
+    """A link that is not started: it never connects."""
     reactor = MemoryReactorClock()
-    link = RedisLink(
+    return RedisLink(
         reactor,
         TCP4ClientEndpoint(reactor, "127.0.0.1", 6379),
         RedisHealth(reactor, "127.0.0.1:6379"),
         name="control",
     )
-    assert verifyObject(IRedisLink, link)
+
+
+def test_the_link_and_its_fake_provide_the_interface() -> None:
+    assert verifyObject(IRedisLink, _link())
     assert verifyObject(IRedisLink, FakeRedisLink())
-    assert verifyObject(ISubscribingLink, link)
+    assert verifyObject(ISubscribingLink, _link())
     assert verifyObject(ISubscribingLink, FakeRedisLink())
 
 
 def test_a_link_that_is_down_fails_commands_with_connection_error() -> None:
-    reactor = MemoryReactorClock()
-    link = RedisLink(
-        reactor,
-        TCP4ClientEndpoint(reactor, "127.0.0.1", 6379),
-        RedisHealth(reactor, "127.0.0.1:6379"),
-        name="control",
-    )
+    link = _link()
     assert not link.connected
     failure_result_of(link.execute("PING"), ConnectionError)
     failure_result_of(link.transaction([("PING",)]), ConnectionError)

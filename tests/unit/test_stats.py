@@ -348,7 +348,7 @@ def test_queue_gauges_are_dropped_when_redis_cannot_be_read(stats: Stats, clock:
 def test_queue_figures_count_every_registered_instances_inflight_list() -> None:
     link = FakeRedisLink()
     keys = Keys("goophry")
-    d = queue_figures(link, keys, ["mail", "sms"])  # type: ignore[arg-type]
+    d = queue_figures(link, keys, ["mail", "sms"])
     link.take("HKEYS").answer([b"host:1:a", b"host:2:b"])
     transaction = link.take("MULTI")
     assert transaction.command == (
@@ -371,7 +371,7 @@ def test_queue_figures_count_every_registered_instances_inflight_list() -> None:
 
 def test_queue_figures_without_registered_instances() -> None:
     link = FakeRedisLink()
-    d = queue_figures(link, Keys("k"), ["mail"])  # type: ignore[arg-type]
+    d = queue_figures(link, Keys("k"), ["mail"])
     link.take("HKEYS").answer([])
     link.take("MULTI").answer([3, 0])
     assert success_result_of(d) == {"mail": QueueFigures(queued=3, inflight=0, failed=0)}
@@ -379,7 +379,7 @@ def test_queue_figures_without_registered_instances() -> None:
 
 def test_queue_figures_fail_when_redis_is_away() -> None:
     link = FakeRedisLink(connected=False)
-    failure_result_of(queue_figures(link, Keys("k"), ["mail"]), ConnectionError)  # type: ignore[arg-type]
+    failure_result_of(queue_figures(link, Keys("k"), ["mail"]), ConnectionError)
 
 
 def test_json_says_which_types_are_paused(stats: Stats) -> None:

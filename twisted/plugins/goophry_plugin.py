@@ -48,7 +48,7 @@ class Options(usage.Options):
 
     opt_V = opt_version
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         from goophry_tx.config import ConfigError, check_config
         from goophry_tx.startup import (
             check,
@@ -86,7 +86,7 @@ class GoophryServiceMaker:
     description = "Run scripts for tasks pushed onto Redis lists (Goophry on Twisted)."
     options = Options
 
-    def makeService(self, options: Options) -> Any:  # noqa: N802
+    def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
         from goophry_tx.service import build_service
