@@ -41,6 +41,10 @@ class TaskType:
     script: str
     workers: int = 1
     timeout: float = 0.0
+    #: Runs after the first that a failing entry gets before it is stored as failed.
+    retries: int = 0
+    #: Seconds before the second run; each later one waits twice as long.
+    retry_backoff: float = 10.0
 
 
 @attrs.frozen
@@ -72,6 +76,7 @@ class Config:
     block_timeout: float = 10.0
     error_script_timeout: float = 30.0
     error_queue_size: int = 1000
+    retry_backoff_max: float = 3600.0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -105,8 +110,9 @@ _TOP_KEYS = (
     "BlockTimeout",
     "ErrorScriptTimeout",
     "ErrorQueueSize",
+    "RetryBackoffMax",
 )
-_TASK_KEYS = ("Type", "Script", "Workers", "Timeout")
+_TASK_KEYS = ("Type", "Script", "Workers", "Timeout", "Retries", "RetryBackoff")
 
 
 def _describe(value: object) -> str:
@@ -305,7 +311,9 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
     # The original treats anything below 1 as 1.
     workers = _at_least(reader, "Workers", reader.get("Workers", _integer, 1), 1)
     timeout = reader.get("Timeout", _seconds, 0.0)
-    return TaskType(type_name, script, workers, timeout), reader.warnings
+    retries = reader.get("Retries", _nonnegative_integer, 0)
+    backoff = reader.get("RetryBackoff", _seconds, 10.0)
+    return TaskType(type_name, script, workers, timeout, retries, backoff), reader.warnings
 
 
 def parse_config(source: str, data: Any, base: str) -> Config:
@@ -418,6 +426,7 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         ),
         error_script_timeout=reader.get("ErrorScriptTimeout", _seconds, 30.0),
         error_queue_size=reader.get("ErrorQueueSize", _positive_integer, 1000),
+        retry_backoff_max=reader.get("RetryBackoffMax", _seconds, 3600.0),
         # Last, so that the warnings of the values coerced above are in.
         warnings=(*reader.warnings, *task_warnings),
     )

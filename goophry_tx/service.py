@@ -40,6 +40,7 @@ from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
+from goophry_tx.schedule import DueEntryMover, RetryTimes
 from goophry_tx.stats import Stats, StatsResource
 from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
@@ -216,11 +217,15 @@ class GoophryService(MultiService):
             config.error_queue_size,
             config.error_script_timeout,
         )
+        self.mover = DueEntryMover(
+            self.control, self.keys, [t.type for t in config.tasks], reactor, verbose=self.verbose
+        )
         self.outcomes = OutcomeRecorder(
             tasks=config.tasks,
             counters=self.counters,
             store=self.store,
             notifier=self.notifier,
+            retry_times=RetryTimes(reactor, config.retry_backoff_max, self.mover.scheduled),
             verbose=self.verbose,
         )
         self.consumers = [
@@ -322,6 +327,7 @@ class GoophryService(MultiService):
         self.phase = Phase.CONSUMING
         for consumer in self.consumers:
             consumer.start(self.take)
+        self.mover.start()
         self.systemd.ready(f"{len(self.consumers)} types")
 
     def _start_failed(self, failure: Failure) -> None:
@@ -355,6 +361,7 @@ class GoophryService(MultiService):
         if self._starting is not None:
             self._starting.cancel()
         self.systemd.stopping()
+        self.mover.stop()
         stopped = DeferredList([c.stop() for c in self.consumers])
         timer = None
         if self.config.shutdown_timeout > 0:

@@ -30,6 +30,14 @@ for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
 return #ARGV
 """
 
+# Moves a failed entry (ARGV[1]) from the in-flight list (KEYS[1]) to the
+# scheduled set (KEYS[2]), as its next attempt (ARGV[3]) due at ARGV[2]:
+# one step, so that a daemon killed at any moment loses nothing.
+RETRY_SCRIPT = """
+redis.call('LREM', KEYS[1], -1, ARGV[1])
+return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+"""
+
 
 class OutcomeStore:
     """
@@ -124,10 +132,16 @@ class OutcomeStore:
 
         attempt()
 
-    def failed(self, task: Task | InvalidEntry, error: str) -> Deferred[None]:
-        """Move an entry to its failed list (or log it in full if none is kept)."""
+    def failed(
+        self, task: Task | InvalidEntry, error: str, attempts: int | None = None
+    ) -> Deferred[None]:
+        """
+        Move an entry to its failed list (or log it in full if none is kept).
+
+        @param attempts: how many times it ran, for a type with retries.
+        """
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
-        record = failed_entry(task, error)
+        record = failed_entry(task, error, attempts)
         if self._failed_ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [
@@ -141,6 +155,26 @@ class OutcomeStore:
                 entry=record.decode("utf-8"),
             )
         return self._write(task.type, task.payload, commands, record)
+
+    def retry(self, task: Task, payload: bytes, due: float) -> Deferred[None]:
+        """Move a failed entry to its scheduled set as C{payload}, due at C{due}."""
+        return self._write(
+            task.type,
+            task.payload,
+            [
+                (
+                    "EVAL",
+                    RETRY_SCRIPT,
+                    2,
+                    self._inflight(task.type),
+                    self._keys.scheduled(task.type),
+                    task.payload,
+                    repr(due),
+                    payload,
+                )
+            ],
+            payload,
+        )
 
     def requeue(self, task_type: str, payload: bytes) -> Deferred[None]:
         """Put an entry taken but not finished back at the head of its queue."""

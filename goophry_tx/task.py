@@ -15,6 +15,9 @@ import os
 
 import attrs
 
+#: The field of a retried entry that counts its runs; the daemon's own.
+ATTEMPT_FIELD = "GoophryAttempt"
+
 
 @attrs.frozen
 class Task:
@@ -23,6 +26,8 @@ class Task:
     type: str
     args: tuple[str, ...]
     payload: bytes
+    #: Which run of the entry this is, from its C{GoophryAttempt} field.
+    attempt: int = 1
 
 
 @attrs.frozen
@@ -69,7 +74,10 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
                 arg.encode("utf-8")
             except UnicodeEncodeError:
                 return invalid(f"Args[{index}] is not valid Unicode")
-    return Task(task_type, tuple(args), payload)
+    attempt = data.get(ATTEMPT_FIELD)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        attempt = 1
+    return Task(task_type, tuple(args), payload, attempt)
 
 
 @attrs.frozen
@@ -180,16 +188,20 @@ def error_script_message(script: str, args: tuple[str, ...], error: str) -> str:
     return f"{script}{quoted}\n\n{error}".replace("\0", "\\x00")
 
 
-def failed_entry(task: Task | InvalidEntry, error: str) -> bytes:
+def failed_entry(task: Task | InvalidEntry, error: str, attempts: int | None = None) -> bytes:
     """
     The JSON stored in the failed list.
 
     A valid task keeps its Args; an invalid entry keeps its raw payload, in
     C{Payload}, and in C{PayloadBase64} too when it is not valid UTF-8.
+
+    @param attempts: how many times a task of a type with retries ran.
     """
     record: dict[str, object]
     if isinstance(task, Task):
         record = {"Args": list(task.args), "ErrorMessage": error}
+        if attempts is not None:
+            record["Attempts"] = attempts
     else:
         record = {
             "Args": None,
