@@ -1,4 +1,4 @@
-"""Retries and scheduled entries: the delays, the entries, the recorder's choice and the mover's timer."""
+"""Retries and scheduled entries: delays, entries, the recorder's choice, the mover's timer."""
 
 from __future__ import annotations
 
