@@ -37,8 +37,10 @@ _RESET_FIELDS = (ATTEMPT_FIELD, ID_FIELD, "GoophryRecoveries")
 JITTER = 0.2
 
 #: Seconds between two reads of the earliest due time, when nothing is due
-#: sooner: what another daemon or a producer scheduled is seen this late at most.
-CHECK_INTERVAL = 1.0
+#: sooner: an entry another daemon or a producer schedules is seen this late
+#: at most, so one due later than that starts on time; an idle daemon asks
+#: Redis no more often than this.
+CHECK_INTERVAL = 2.0
 
 #: The most entries of one type moved by one script call.
 BATCH = 1000
