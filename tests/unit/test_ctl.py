@@ -59,14 +59,15 @@ def test_stats_asks_every_instance_list_at_once() -> None:
         ("LLEN", "q:t"),
         ("LLEN", "q:t:failed"),
         ("SISMEMBER", "q:paused", "t"),
+        ("ZCARD", "q:t:scheduled"),
         ("LLEN", "q:t:inflight:a"),
         ("LLEN", "q:t:inflight:b"),
     ]
-    for reply in (5, 2, 1, 3, 4):
+    for reply in (5, 2, 1, 6, 3, 4):
         link.pending[0].answer(reply)
     overview = success_result_of(d)
     assert overview.as_json() == {
-        "types": {"t": {"queued": 5, "inflight": 7, "failed": 2, "paused": True}},
+        "types": {"t": {"queued": 5, "inflight": 7, "failed": 2, "paused": True, "scheduled": 6}},
         "instances": {"alive": 1, "dead": 1},
     }
 
