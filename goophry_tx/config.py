@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -45,6 +46,10 @@ class TaskType:
     retries: int = 0
     #: Seconds before the second run; each later one waits twice as long.
     retry_backoff: float = 10.0
+    #: This type's FailedTasksTTL, when it has its own (0: its failures are not stored).
+    failed_tasks_ttl: int | None = None
+    #: The names an entry's Env may set; none by default.
+    allowed_env: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -112,7 +117,16 @@ _TOP_KEYS = (
     "ErrorQueueSize",
     "RetryBackoffMax",
 )
-_TASK_KEYS = ("Type", "Script", "Workers", "Timeout", "Retries", "RetryBackoff")
+_TASK_KEYS = (
+    "Type",
+    "Script",
+    "Workers",
+    "Timeout",
+    "Retries",
+    "RetryBackoff",
+    "FailedTasksTTL",
+    "AllowedEnv",
+)
 
 
 def _describe(value: object) -> str:
@@ -313,7 +327,45 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
     timeout = reader.get("Timeout", _seconds, 0.0)
     retries = reader.get("Retries", _nonnegative_integer, 0)
     backoff = reader.get("RetryBackoff", _seconds, 10.0)
-    return TaskType(type_name, script, workers, timeout, retries, backoff), reader.warnings
+    ttl: int | None = reader.get("FailedTasksTTL", _ttl, None)
+    none_allowed: tuple[str, ...] = ()
+    allowed_env = reader.get("AllowedEnv", _env_names, none_allowed)
+    task = TaskType(type_name, script, workers, timeout, retries, backoff, ttl, allowed_env)
+    return task, reader.warnings
+
+
+#: Environment variable names that are portable (POSIX).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: What the dynamic loader (glibc's ld.so, macOS's dyld) acts on beyond the
+#: names that start with C{LD_} or C{DYLD_}.
+_LOADER_NAMES = frozenset({"GCONV_PATH", "GLIBC_TUNABLES", "MALLOC_TRACE", "NLSPATH", "LOCPATH"})
+
+
+def loader_variable(name: str) -> bool:
+    """
+    Whether the dynamic loader reads C{name}: never allowed in an entry's
+    Env, since it would let a producer run code of its choosing in a script.
+    """
+    return name.startswith(("LD_", "DYLD_")) or name in _LOADER_NAMES
+
+
+def env_name(name: str) -> bool:
+    """Whether C{name} is a portable environment variable name."""
+    return _ENV_NAME.match(name) is not None
+
+
+def _env_names(reader: _Reader, name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise reader.fail(name, f"expected an array of names, got {_describe(value)}")
+    for variable in value:
+        if not env_name(variable):
+            raise reader.fail(name, f"{_describe(variable)} is not a valid environment name")
+        if loader_variable(variable):
+            raise reader.fail(
+                name, f"{variable} is a dynamic-loader variable: never allowed from an entry"
+            )
+    return tuple(value)
 
 
 def parse_config(source: str, data: Any, base: str) -> Config:

@@ -209,7 +209,14 @@ class GoophryService(MultiService):
         self.spawner = self._spawner()
         self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
         self.store = OutcomeStore(
-            self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
+            self.control,
+            self.keys,
+            self.instance,
+            config.failed_tasks_ttl,
+            reactor,
+            failed_ttls={
+                t.type: t.failed_tasks_ttl for t in config.tasks if t.failed_tasks_ttl is not None
+            },
         )
         self.notifier = ErrorNotifier(
             ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace),

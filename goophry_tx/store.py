@@ -12,7 +12,7 @@ Redis returns.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -55,11 +55,17 @@ class OutcomeStore:
         failed_ttl: int,
         clock: IReactorTime,
         retry_delay: float = 0.5,
+        failed_ttls: Mapping[str, int] | None = None,
     ) -> None:
+        """
+        @param failed_ttl: FailedTasksTTL, for the types without their own.
+        @param failed_ttls: the types' own FailedTasksTTL.
+        """
         self._link = link
         self._keys = keys
         self._instance = instance
         self._failed_ttl = failed_ttl
+        self._failed_ttls = dict(failed_ttls or {})
         self._clock = clock
         self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
@@ -142,11 +148,12 @@ class OutcomeStore:
         """
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
         record = failed_entry(task, error, attempts)
-        if self._failed_ttl > 0:
+        ttl = self._failed_ttls.get(task.type, self._failed_ttl)
+        if ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [
                 ("RPUSH", failed, record),
-                ("EXPIRE", failed, self._failed_ttl),
+                ("EXPIRE", failed, ttl),
             ]
         else:
             self.log.warn(

@@ -28,6 +28,8 @@ class Task:
     payload: bytes
     #: Which run of the entry this is, from its C{GoophryAttempt} field.
     attempt: int = 1
+    #: Its C{Env} field as decoded, unchecked: what applies depends on its type.
+    env: object = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -55,15 +57,9 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
         return invalid(f"not JSON: {e}")
     if not isinstance(data, dict):
         return invalid(f"expected a JSON object, got {type(data).__name__}")
-    args = data.get("Args")
-    if "Args" not in data:
-        # Go's decoder matches field names case-insensitively.
-        for key, value in data.items():
-            if key.lower() == "args":
-                args = value
-                break
-        else:
-            return invalid("Args is missing")
+    if not _has_field(data, "Args"):
+        return invalid("Args is missing")
+    args = _field(data, "Args")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return invalid("Args must be an array of strings")
     # Valid UTF-8 decodes to valid Unicode: only a \u escape can make a
@@ -77,7 +73,21 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
     attempt = data.get(ATTEMPT_FIELD)
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
         attempt = 1
-    return Task(task_type, tuple(args), payload, attempt)
+    return Task(task_type, tuple(args), payload, attempt, _field(data, "Env"))
+
+
+def _has_field(data: dict[str, object], name: str) -> bool:
+    return name in data or any(key.lower() == name.lower() for key in data)
+
+
+def _field(data: dict[str, object], name: str) -> object:
+    """A field of an entry; Go's decoder matches field names case-insensitively."""
+    if name in data:
+        return data[name]
+    for key, value in data.items():
+        if key.lower() == name.lower():
+            return value
+    return None
 
 
 @attrs.frozen
