@@ -14,8 +14,8 @@ from goophry_tx.environment import EntryEnvironment
 from goophry_tx.keys import Keys
 from goophry_tx.store import OutcomeStore
 from goophry_tx.task import InvalidEntry, Task, parse_entry
-from tests.unit.fakes import FakeRedisLink
 from tests.helpers import write_script
+from tests.unit.fakes import FakeRedisLink
 from tests.unit.test_config import refused, task
 
 ALLOWING = TaskType("t", "/s/t.sh", allowed_env=("GREETING", "LANG"))
