@@ -155,7 +155,7 @@ class DueEntryMover:
         self._verbose = verbose
         self._retry = Retry(clock)
         self._timer: IDelayedCall | None = None
-        #: A move is on its way to Redis.
+        #: A move is on its way to Redis, or waits to be sent again.
         self._moving = False
         #: Something became due sooner while a move was on its way.
         self._again = False
@@ -197,7 +197,6 @@ class DueEntryMover:
     def _move(self) -> None:
         self._timer = None
         self._moving = True
-        self._again = False
         d = self._link.execute(
             "EVAL",
             MOVE_DUE_SCRIPT,
@@ -218,18 +217,23 @@ class DueEntryMover:
                 self.log.info(
                     "{count} due {type} entries moved to their queue", count=count, type=task_type
                 )
-        if self._again or BATCH in moved:
-            # More may be due already: a full batch left some behind.
+        again, self._again = self._again, False
+        if again or BATCH in moved:
+            # A retry scheduled since the read was sent, or a full batch
+            # that left some behind: read again now.
             self._wake_at(0.0)
             return
         next_check = self._clock.seconds() + self._check_interval
         self._wake_at(min(float(earliest), next_check) if earliest else next_check)
 
     def _failed(self, failure: Failure) -> None:
-        self._moving = False
         if not self._running:
+            self._moving = False
             return
+        # Still moving while the move waits to be sent again: a retry
+        # scheduled meanwhile is looked for when it has been.
         if self._retry.later(failure, self._link, self._move):
             return
+        self._moving = False
         self.log.failure("cannot move due entries to their queues", failure)
         self._timer = self._clock.callLater(self._check_interval, self._move)

@@ -250,3 +250,17 @@ def test_the_mover_waits_for_a_lost_connection_to_come_back() -> None:
     assert link.pending == []
     link.reconnect()
     move(link)
+
+
+def test_a_retry_scheduled_while_redis_is_away_is_looked_for_once_it_is_back() -> None:
+    clock = Clock()
+    link, mover = make_mover(clock)
+    mover.start()
+    link.lose_connection()
+    mover.scheduled(0.0)
+    assert clock.getDelayedCalls() == []
+    link.reconnect()
+    move(link)
+    clock.advance(0)
+    move(link)
+    assert link.pending == []
