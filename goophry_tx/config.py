@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -41,6 +42,14 @@ class TaskType:
     script: str
     workers: int = 1
     timeout: float = 0.0
+    #: Runs after the first that a failing entry gets before it is stored as failed.
+    retries: int = 0
+    #: Seconds before the second run; each later one waits twice as long.
+    retry_backoff: float = 10.0
+    #: This type's FailedTasksTTL, when it has its own (0: its failures are not stored).
+    failed_tasks_ttl: int | None = None
+    #: The names an entry's Env may set; none by default.
+    allowed_env: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -85,6 +94,7 @@ class Config:
     redis_sentinel_username: str | None = None
     redis_sentinel_password: str | None = attrs.field(default=None, repr=False)
     redis_wait_replicas: int = 0
+    retry_backoff_max: float = 3600.0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -130,8 +140,18 @@ _TOP_KEYS = (
     "RedisSentinelUsername",
     "RedisSentinelPassword",
     "RedisWaitReplicas",
+    "RetryBackoffMax",
 )
-_TASK_KEYS = ("Type", "Script", "Workers", "Timeout")
+_TASK_KEYS = (
+    "Type",
+    "Script",
+    "Workers",
+    "Timeout",
+    "Retries",
+    "RetryBackoff",
+    "FailedTasksTTL",
+    "AllowedEnv",
+)
 
 
 def setting_name(field: str) -> str:
@@ -348,7 +368,47 @@ def _read_task(source: str, base: str, index: int, raw: Any) -> tuple[TaskType, 
     # The original treats anything below 1 as 1.
     workers = _at_least(reader, "Workers", reader.get("Workers", _integer, 1), 1)
     timeout = reader.get("Timeout", _seconds, 0.0)
-    return TaskType(type_name, script, workers, timeout), reader.warnings
+    retries = reader.get("Retries", _nonnegative_integer, 0)
+    backoff = reader.get("RetryBackoff", _seconds, 10.0)
+    ttl: int | None = reader.get("FailedTasksTTL", _ttl, None)
+    none_allowed: tuple[str, ...] = ()
+    allowed_env = reader.get("AllowedEnv", _env_names, none_allowed)
+    task = TaskType(type_name, script, workers, timeout, retries, backoff, ttl, allowed_env)
+    return task, reader.warnings
+
+
+#: Environment variable names that are portable (POSIX).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+#: What the dynamic loader (glibc's ld.so, macOS's dyld) acts on beyond the
+#: names that start with C{LD_} or C{DYLD_}.
+_LOADER_NAMES = frozenset({"GCONV_PATH", "GLIBC_TUNABLES", "MALLOC_TRACE", "NLSPATH", "LOCPATH"})
+
+
+def loader_variable(name: str) -> bool:
+    """
+    Whether the dynamic loader reads C{name}: never allowed in an entry's
+    Env, since it would let a producer run code of its choosing in a script.
+    """
+    return name.startswith(("LD_", "DYLD_")) or name in _LOADER_NAMES
+
+
+def env_name(name: str) -> bool:
+    """Whether C{name} is a portable environment variable name."""
+    return _ENV_NAME.match(name) is not None
+
+
+def _env_names(reader: _Reader, name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise reader.fail(name, f"expected an array of names, got {_describe(value)}")
+    for variable in value:
+        if not env_name(variable):
+            raise reader.fail(name, f"{_describe(variable)} is not a valid environment name")
+        if loader_variable(variable):
+            raise reader.fail(
+                name, f"{variable} is a dynamic-loader variable: never allowed from an entry"
+            )
+    return tuple(value)
 
 
 def _read_sentinels(reader: _Reader, network: str) -> dict[str, Any]:
@@ -571,6 +631,7 @@ def parse_config(source: str, data: Any, base: str) -> Config:
         redis_wait_replicas=reader.get("RedisWaitReplicas", _nonnegative_integer, 0),
         **sentinels,
         **redis_tls,
+        retry_backoff_max=reader.get("RetryBackoffMax", _seconds, 3600.0),
         # Last, so that the warnings of the values coerced above are in.
         warnings=(*reader.warnings, *task_warnings),
     )

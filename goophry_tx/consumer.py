@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from goophry_tx.config import TaskType
+from goophry_tx.environment import EntryEnvironment
 from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder
 from goophry_tx.process.runner import RunningScript, ScriptRunner
@@ -239,6 +240,7 @@ class Consumer:
         #: The pause after a refused take, or the next CLIENT UNBLOCK.
         self._timer: IDelayedCall | None = None
         self._stop_waiters: list[Deferred[None]] = []
+        self._env = EntryEnvironment(task_type)
 
     # The loop
 
@@ -384,9 +386,13 @@ class Consumer:
         if isinstance(entry, InvalidEntry):
             self._outcomes.invalid(entry)
             return
+        env = self._env.of(entry)
+        if isinstance(env, InvalidEntry):
+            self._outcomes.invalid(env)
+            return
         self._outcomes.started(entry)
         task_type = self.task_type
-        run = self._runner.run(task_type.script, entry.args, task_type.timeout)
+        run = self._runner.run(task_type.script, entry.args, task_type.timeout, env)
         key = id(run)
         # Holds a worker until _finished frees it.
         self._running[key] = (entry, run)

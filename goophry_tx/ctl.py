@@ -11,6 +11,7 @@ not found or changed), 2 a usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -65,6 +66,38 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+#: Seconds in each unit of a C{--in} duration.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """C{--in}: seconds, or a number with a unit, as C{30s}, C{5m}, C{2h}, C{1d}."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30s, 5m, 2h or 1d, got {text!r}"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a duration 0 or more, got {text!r}")
+    return seconds
+
+
+def _moment(text: str) -> float:
+    """C{--at}: unix seconds, or an ISO 8601 time (local time unless it has an offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected unix seconds or a time such as 2026-12-24T18:00, got {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; C{--help} lists them all."""
     # -c and --json are read before the command or after it.
@@ -105,8 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     command(commands, "stats", "per type: queued, in flight, failed, paused; live instances")
 
     push = command(commands, "push", "push a task, as a producer would", force)
+    when = push.add_mutually_exclusive_group()
+    when.add_argument(
+        "--in", dest="delay", type=_duration, help="run it after this long (30s, 5m, 2h, 1d)"
+    )
+    when.add_argument(
+        "--at", dest="at", type=_moment, help="run it at this time (ISO 8601, or unix seconds)"
+    )
     push.add_argument("type", metavar="TYPE")
     push.add_argument("args", metavar="ARG", nargs="*", help="the task's arguments")
+
+    scheduled = command(commands, "scheduled", "entries due later: ls, rm")
+    scheduled_actions = scheduled.add_subparsers(dest="action", metavar="ACTION", required=True)
+    scheduled_ls = command(scheduled_actions, "ls", "list scheduled entries, soonest first", force)
+    scheduled_ls.add_argument("type", metavar="TYPE")
+    scheduled_rm = command(scheduled_actions, "rm", "remove a scheduled entry", force)
+    scheduled_rm.add_argument("type", metavar="TYPE")
+    scheduled_rm.add_argument(
+        "index",
+        metavar="INDEX",
+        type=_index,
+        help="as scheduled ls shows it; INDEX@ID acts only if the entry is still that one",
+    )
 
     failed = command(commands, "failed", "failed entries: ls, show, retry, purge")
     actions = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -301,13 +354,24 @@ async def _session(reactor: Any, config: Config, args: argparse.Namespace) -> in
 async def _command(link: RedisLink, keys: Keys, config: Config, args: argparse.Namespace) -> int:
     command = (
         args.command
-        if args.command not in ("failed", "inflight")
+        if args.command not in ("failed", "inflight", "scheduled")
         else (f"{args.command} {args.action}")
     )
     as_json: bool = args.json
     if command == "stats":
         overview = await operations.stats(link, keys, [t.type for t in config.tasks])
         return _show(as_json, overview.as_json(), lambda: _stats_text(overview))
+    if command == "push" and (args.delay is not None or args.at is not None):
+        due = args.at if args.at is not None else time.time() + args.delay
+        added = await operations.schedule(link, keys, args.type, args.args, due)
+        return _show(
+            as_json,
+            added.as_json(),
+            lambda: print(
+                f"scheduled in {keys.scheduled(added.type)} for {_when(added.due)}: "
+                f"{added.entry.decode('utf-8')}"
+            ),
+        )
     if command == "push":
         pushed = await operations.push(link, keys, args.type, args.args)
         return _show(
@@ -337,6 +401,23 @@ async def _command(link: RedisLink, keys: Keys, config: Config, args: argparse.N
             )
         # With --all, entries that cannot be retried are expected; named ones are not.
         return FAILED if moved.skipped and refs is not None else OK
+    if command == "scheduled ls":
+        waiting = await operations.scheduled_list(link, keys, args.type)
+        return _show(
+            as_json,
+            {"type": args.type, "entries": [e.as_json() for e in waiting]},
+            lambda: _scheduled_text(keys.scheduled(args.type), waiting),
+        )
+    if command == "scheduled rm":
+        removed = await operations.scheduled_remove(link, keys, args.type, args.index)
+        return _show(
+            as_json,
+            {"type": args.type, "removed": removed.decode("utf-8", "backslashreplace")},
+            lambda: print(
+                f"removed from {keys.scheduled(args.type)}: "
+                f"{removed.decode('utf-8', 'backslashreplace')}"
+            ),
+        )
     if command == "inflight ls":
         entries = await operations.inflight(link, keys, args.type)
         return _show(
@@ -409,10 +490,10 @@ def _args_text(args: list[Any] | None) -> str:
 
 def _stats_text(overview: operations.Overview) -> None:
     rows = [
-        [name, f.queued, f.inflight, f.failed, "yes" if f.paused else "no"]
+        [name, f.queued, f.inflight, f.failed, f.scheduled, "yes" if f.paused else "no"]
         for name, f in overview.types.items()
     ]
-    print(table(["TYPE", "QUEUED", "INFLIGHT", "FAILED", "PAUSED"], rows))
+    print(table(["TYPE", "QUEUED", "INFLIGHT", "FAILED", "SCHEDULED", "PAUSED"], rows))
     print(f"instances: {overview.alive} alive, {overview.dead} dead")
 
 
@@ -465,6 +546,23 @@ def _moved_text(moved: operations.Moved, keys: Keys, action: str) -> None:
         )
     else:
         print(f"purged {_entries(len(moved.done))} of {keys.failed(moved.type)}: {done}")
+
+
+def _scheduled_text(key: str, entries: list[operations.ScheduledEntry]) -> None:
+    print(f"{key}: {_entries(len(entries))}")
+    if not entries:
+        return
+    rows = [
+        [
+            e.index,
+            e.id,
+            _when(e.due),
+            e.attempt,
+            _args_text(e.args) if e.args is not None else _cut(repr(e.raw)),
+        ]
+        for e in entries
+    ]
+    print(table(["INDEX", "ID", "DUE", "ATTEMPT", "ARGS"], rows))
 
 
 def _inflight_text(entries: list[operations.InflightEntry]) -> None:

@@ -19,6 +19,8 @@ HEARTBEAT = "instance:"
 FAILED = ":failed"
 #: Between a queue's name and an instance's: that instance's in-flight list.
 INFLIGHT = ":inflight:"
+#: After a queue's name: its sorted set of entries due later (scheduled, retries).
+SCHEDULED = ":scheduled"
 #: After the prefix: the set of paused task types (and its pub/sub channel).
 PAUSED = "paused"
 #: After the prefix: the start of the dashboard's per-minute history keys.
@@ -44,7 +46,7 @@ def reserved_type(task_type: str) -> bool:
         task_type in (INSTANCES, PAUSED)
         or task_type.startswith((HEARTBEAT, HISTORY))
         or INFLIGHT in task_type
-        or task_type.endswith((FAILED, INFLIGHT.rstrip(":")))
+        or task_type.endswith((FAILED, SCHEDULED, INFLIGHT.rstrip(":")))
     )
 
 
@@ -61,6 +63,10 @@ class Keys:
     def failed(self, task_type: str) -> str:
         """Failed entries, as the original stores them."""
         return f"{self.prefix}:{task_type}{FAILED}"
+
+    def scheduled(self, task_type: str) -> str:
+        """Entries due later, scored by their due time in unix seconds."""
+        return f"{self.prefix}:{task_type}{SCHEDULED}"
 
     def inflight(self, task_type: str, instance: str) -> str:
         """Entries one daemon instance has taken and not yet finished."""

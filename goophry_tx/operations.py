@@ -25,13 +25,14 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from goophry_tx.keys import Keys
 from goophry_tx.recovery import machine_identity
 from goophry_tx.redis import IRedisLink
-from goophry_tx.stats import queue_figures
+from goophry_tx.schedule import ID_FIELD, scheduled_payload
+from goophry_tx.task import ATTEMPT_FIELD
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: Fields a daemon adds to an entry; a retried entry goes back without
-#: them, in the form its producer pushed.  C{GoophryId} marks the copies of
+#: them, in the form its producer pushed.  L{ID_FIELD} marks the copies of
 #: a scheduled entry.
 DAEMON_FIELDS = (
     "ErrorMessage",
@@ -39,8 +40,8 @@ DAEMON_FIELDS = (
     "Instance",
     "Attempts",
     "GoophryRecoveries",
-    "GoophryAttempt",
-    "GoophryId",
+    ATTEMPT_FIELD,
+    ID_FIELD,
 )
 
 #: Entries moved by one script call: a long C{--all} never blocks Redis for long.
@@ -212,12 +213,13 @@ async def instances(link: IRedisLink, keys: Keys) -> list[Instance]:
 
 @attrs.frozen
 class TypeStats:
-    """How many entries of one type wait, run, failed; whether it is paused."""
+    """How many entries of one type wait, run, failed, wait till later; whether it is paused."""
 
     queued: int
     inflight: int
     failed: int
     paused: bool
+    scheduled: int
 
     def as_json(self) -> dict[str, object]:
         return attrs.asdict(self)
@@ -242,12 +244,25 @@ class Overview:
 async def stats(link: IRedisLink, keys: Keys, types: Sequence[str]) -> Overview:
     """
     Per type: queued, in flight (summed over every registered instance),
-    failed, paused; and the number of live and dead instances.
+    failed, paused, scheduled; and the number of live and dead instances.
     """
     registered = await _registered(link, keys)
-    queues = await queue_figures(link, keys, types, [r.name for r in registered])
-    paused = {_text(name) for name in await link.execute("SMEMBERS", keys.paused)}
-    figures = {t: TypeStats(f.queued, f.inflight, f.failed, t in paused) for t, f in queues.items()}
+    commands: list[Sequence[str | bytes | int]] = []
+    for t in types:
+        commands += [
+            ("LLEN", keys.queue(t)),
+            ("LLEN", keys.failed(t)),
+            ("SISMEMBER", keys.paused, t),
+            ("ZCARD", keys.scheduled(t)),
+        ]
+        commands += [("LLEN", keys.inflight(t, r.name)) for r in registered]
+    replies = iter(await _each(link, commands))
+    figures = {}
+    for t in types:
+        queued, failed, paused = int(next(replies)), int(next(replies)), bool(next(replies))
+        scheduled = int(next(replies))
+        inflight = sum(int(next(replies)) for _ in registered)
+        figures[t] = TypeStats(queued, inflight, failed, paused, scheduled)
     alive = sum(r.alive for r in registered)
     return Overview(figures, alive, len(registered) - alive)
 
@@ -280,6 +295,32 @@ async def push(link: IRedisLink, keys: Keys, task_type: str, args: Sequence[str]
     entry = producer_entry(args)
     length = await link.execute("RPUSH", keys.queue(task_type), entry)
     return Pushed(task_type, entry, int(length))
+
+
+@attrs.frozen
+class Scheduled:
+    """An entry added to a type's scheduled set, due at C{due}."""
+
+    type: str
+    entry: bytes
+    due: float
+
+    def as_json(self) -> dict[str, object]:
+        return {"type": self.type, "entry": json.loads(self.entry), "due": self.due}
+
+
+@_deferred
+async def schedule(
+    link: IRedisLink, keys: Keys, task_type: str, args: Sequence[str], due: float
+) -> Scheduled:
+    """
+    C{ZADD} a task with these arguments to the type's scheduled set, due
+    at C{due} (unix seconds), with an id field of its own: the same task
+    scheduled twice runs twice.
+    """
+    entry = scheduled_payload({"Args": list(args)})
+    await link.execute("ZADD", keys.scheduled(task_type), repr(due), entry)
+    return Scheduled(task_type, entry, due)
 
 
 @attrs.frozen
@@ -576,6 +617,86 @@ async def failed_purge(
 ) -> Moved:
     """Delete failed entries (all when C{refs} is None), each only if still the one named."""
     return await _move(link, keys, task_type, refs, requeue=False)
+
+
+# Scheduled entries
+
+
+@attrs.frozen
+class ScheduledEntry:
+    """One entry of a scheduled set, at C{index} (by due time) when it was read."""
+
+    index: int
+    raw: bytes
+    due: float
+
+    @property
+    def id(self) -> str:
+        return entry_id(self.raw)
+
+    @property
+    def fields(self) -> dict[str, Any] | None:
+        try:
+            fields = json.loads(self.raw)
+        except ValueError:
+            return None
+        return fields if isinstance(fields, dict) else None
+
+    @property
+    def args(self) -> list[Any] | None:
+        args = (self.fields or {}).get("Args")
+        return args if isinstance(args, list) else None
+
+    @property
+    def attempt(self) -> int | None:
+        """The run a retry will be; None for an entry a producer scheduled."""
+        attempt = (self.fields or {}).get(ATTEMPT_FIELD)
+        return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "due": self.due,
+            "args": self.args,
+            "attempt": self.attempt,
+            "raw": self.raw.decode("utf-8", "backslashreplace"),
+        }
+
+
+@_deferred
+async def scheduled_list(link: IRedisLink, keys: Keys, task_type: str) -> list[ScheduledEntry]:
+    """The scheduled entries of a type, soonest first."""
+    flat = await link.execute("ZRANGE", keys.scheduled(task_type), 0, -1, "WITHSCORES")
+    return [
+        ScheduledEntry(index, raw, float(score))
+        for index, (raw, score) in enumerate(zip(flat[::2], flat[1::2], strict=True))
+    ]
+
+
+@_deferred
+async def scheduled_remove(link: IRedisLink, keys: Keys, task_type: str, ref: EntryRef) -> bytes:
+    """
+    Remove the scheduled entry at C{ref}'s index, only if it is still the
+    one named; fires with the entry removed.
+
+    @raise OperationError: when there is none, or it changed, or it became
+        due and moved to its queue meanwhile.
+    """
+    key = keys.scheduled(task_type)
+    total, found = await _each(link, [("ZCARD", key), ("ZRANGE", key, ref.index, ref.index)])
+    if not found:
+        raise OperationError(_out_of_range(key, ref.index, int(total)))
+    [raw] = found
+    if ref.id is not None and entry_id(raw) != ref.id:
+        raise OperationError(
+            f"entry {ref.index} of {key} changed since it was listed "
+            f"(listed {ref.id}, now {entry_id(raw)})"
+        )
+    # By value: an entry that became due meanwhile is in its queue, not removed.
+    if not await link.execute("ZREM", key, raw):
+        raise OperationError(f"entry {ref.index} of {key} left the set meanwhile (due, or removed)")
+    return bytes(raw)
 
 
 # In flight

@@ -18,8 +18,16 @@ from twisted.logger import Logger
 from goophry_tx.config import TaskType
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.recovery import Abandoned
+from goophry_tx.schedule import RetryTimes, retry_payload
 from goophry_tx.store import OutcomeStore
-from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry, payload_text
+from goophry_tx.task import (
+    InvalidEntry,
+    Outcome,
+    Task,
+    format_seconds,
+    parse_entry,
+    payload_text,
+)
 
 #: Upper bounds of the task duration histogram's buckets, in seconds:
 #: from a script that only checks something to one that runs for an hour.
@@ -80,6 +88,7 @@ class TypeCounters:
         "failed",
         "invalid",
         "requeued",
+        "retried",
         "seconds",
         "durations",
         "failures",
@@ -92,6 +101,8 @@ class TypeCounters:
         self.failed = 0
         self.invalid = 0
         self.requeued = 0
+        #: Failed runs scheduled to run again.
+        self.retried = 0
         self.seconds = 0.0
         #: Finished runs per duration bucket (not cumulative); the last is +Inf.
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
@@ -138,10 +149,18 @@ class OutcomeRecorder:
         counters: Mapping[str, TypeCounters],
         store: OutcomeStore,
         notifier: ErrorNotifier,
+        retry_times: RetryTimes,
         history: Callable[[str, str], None] | None = None,
         verbose: bool = False,
     ) -> None:
-        self._scripts = {t.type: t.script for t in tasks}
+        """
+        @param retry_times: when failed runs of a type with C{Retries} run again.
+        @param history: told C{(type, "started" | "succeeded" | "failed")}
+            per outcome, for the dashboard's per-minute history.
+        """
+        self._types = {t.type: t for t in tasks}
+        self._scripts = {t.type: t.script for t in self._types.values()}
+        self._retry_times = retry_times
         #: The only writer of these counters; the stats read them.
         self.counters = counters
         self._store = store
@@ -156,6 +175,8 @@ class OutcomeRecorder:
         The types' scripts after a reload, for the log and ErrorScript.  A
         type the reload removed keeps its script: its last runs still end.
         """
+        tasks = list(tasks)
+        self._types.update((t.type, t) for t in tasks)
         self._scripts.update((t.type, t.script) for t in tasks)
 
     def known_payloads(self, task_type: str) -> list[bytes]:
@@ -196,14 +217,22 @@ class OutcomeRecorder:
         self._store.succeeded(task)
 
     def failed(self, task: Task, outcome: Outcome) -> None:
-        """A task's script failed: its entry is stored as failed, ErrorScript told."""
+        """
+        A task's script failed: with attempts left, its entry is scheduled
+        to run again; else it is stored as failed and ErrorScript told.
+        """
         counters = self.counters[task.type]
         counters.running -= 1
         counters.observe(outcome.duration)
-        counters.failed_with(failure_reason(outcome))
-        self._history(task.type, "failed")
+        task_type = self._types[task.type]
         script = self._scripts[task.type]
         error = outcome.error_message()
+        attempts = task_type.retries + 1
+        if task.attempt < attempts:
+            self._retry(task, error, attempts)
+            return
+        counters.failed_with(failure_reason(outcome))
+        self._history(task.type, "failed")
         self.log.warn(
             "task {type} failed: {script} {args}: {error}",
             type=task.type,
@@ -211,8 +240,28 @@ class OutcomeRecorder:
             args=list(task.args),
             error=error,
         )
-        self._store.failed(task, error)
+        self._store.failed(task, error, task.attempt if task_type.retries else None)
         self._notifier.notify(script, task.args, error)
+
+    def _retry(self, task: Task, error: str, attempts: int) -> None:
+        """Schedule the next run of a failed task, after its backoff."""
+        self.counters[task.type].retried += 1
+        times = self._retry_times
+        delay = times.delay(task.attempt, self._types[task.type].retry_backoff)
+        self.log.warn(
+            "task {type} failed (attempt {attempt} of {attempts}), next in {delay}: "
+            "{script} {args}: {error}",
+            type=task.type,
+            attempt=task.attempt,
+            attempts=attempts,
+            delay=format_seconds(round(delay, 1)),
+            script=self._scripts[task.type],
+            args=list(task.args),
+            error=error,
+        )
+        due = times.clock.seconds() + delay
+        self._store.retry(task, retry_payload(task.payload, task.attempt + 1), due)
+        times.scheduled(due)
 
     def requeued(self, task: Task, outcome: Outcome) -> None:
         """A task's script was stopped by shutdown: its entry goes back to its queue."""

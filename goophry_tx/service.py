@@ -45,6 +45,7 @@ from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, Retry
 from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
+from goophry_tx.schedule import DueEntryMover, RetryTimes
 from goophry_tx.stats import Stats, StatsResource, queue_figures
 from goophry_tx.store import OutcomeStore
 from goophry_tx.tls import server_tls_options
@@ -242,7 +243,14 @@ class GoophryService(MultiService):
         self.spawner = self._spawner()
         self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
         self.store = OutcomeStore(
-            self.control, self.keys, self.instance, config.failed_tasks_ttl, reactor
+            self.control,
+            self.keys,
+            self.instance,
+            config.failed_tasks_ttl,
+            reactor,
+            failed_ttls={
+                t.type: t.failed_tasks_ttl for t in config.tasks if t.failed_tasks_ttl is not None
+            },
         )
         self.notifier = ErrorNotifier(
             self.runner,
@@ -250,11 +258,15 @@ class GoophryService(MultiService):
             config.error_queue_size,
             config.error_script_timeout,
         )
+        self.mover = DueEntryMover(
+            self.control, self.keys, [t.type for t in config.tasks], reactor, verbose=self.verbose
+        )
         self.outcomes = OutcomeRecorder(
             tasks=config.tasks,
             counters=self.counters,
             store=self.store,
             notifier=self.notifier,
+            retry_times=RetryTimes(reactor, config.retry_backoff_max, self.mover.scheduled),
             history=self.history.count,
             verbose=self.verbose,
         )
@@ -378,6 +390,7 @@ class GoophryService(MultiService):
         self.phase = Phase.CONSUMING
         for consumer in self.consumers:
             consumer.start(self.take)
+        self.mover.start()
         self.status.ready()
         if self.systemd.address is not None:
             self.status.setServiceParent(self)
@@ -433,6 +446,8 @@ class GoophryService(MultiService):
         self.notifier.queue_size = config.error_queue_size
         self.store.failed_ttl = config.failed_tasks_ttl
         self.outcomes.configure(config.tasks)
+        # A removed type's scheduled entries wait for a daemon that runs it.
+        self.mover.set_types([t.type for t in config.tasks])
         changed = {t.type: t for t in change.changed}
         for consumer in self.consumers:
             if consumer.task_type.type in changed:
@@ -499,6 +514,7 @@ class GoophryService(MultiService):
         if self._starting is not None:
             self._starting.cancel()
         self.systemd.stopping()
+        self.mover.stop()
         stopped = DeferredList([c.stop() for c in self._working])
         timer = None
         if self.config.shutdown_timeout > 0:

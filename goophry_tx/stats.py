@@ -43,11 +43,12 @@ QUEUE_FIGURES_MAX_AGE = 5.0
 
 @attrs.frozen
 class QueueFigures:
-    """How many entries of one type wait, run somewhere, and failed, in Redis."""
+    """How many entries of one type wait, run somewhere, failed, and wait till later, in Redis."""
 
     queued: int
     inflight: int
     failed: int
+    scheduled: int = 0
 
 
 def queue_figures(
@@ -68,16 +69,19 @@ def queue_figures(
         for task_type in types:
             commands.append(("LLEN", keys.queue(task_type)))
             commands.append(("LLEN", keys.failed(task_type)))
+            commands.append(("ZCARD", keys.scheduled(task_type)))
             commands.extend(("LLEN", keys.inflight(task_type, i)) for i in instances)
         # One MULTI/EXEC: the figures of every type are from the same moment.
         d = link.transaction(commands)
-        return d.addCallback(figures, 2 + len(instances))
+        return d.addCallback(figures, 3 + len(instances))
 
     def figures(lengths: list[int], per_type: int) -> dict[str, QueueFigures]:
         result = {}
         for index, task_type in enumerate(types):
-            queued, failed, *inflight = lengths[index * per_type : (index + 1) * per_type]
-            result[task_type] = QueueFigures(queued, sum(inflight), failed)
+            queued, failed, scheduled, *inflight = lengths[
+                index * per_type : (index + 1) * per_type
+            ]
+            result[task_type] = QueueFigures(queued, sum(inflight), failed, scheduled)
         return result
 
     if instances is not None:
@@ -170,6 +174,9 @@ class Stats:
             "Failed": each("failed"),
             "Invalid": each("invalid"),
             "Requeued": each("requeued"),
+            "Retried": each("retried"),
+            # As last read for the metrics: none until they are first scraped.
+            "Scheduled": {t: f.scheduled for t, f in self.queues.items()},
             "Paused": {t: t in self.paused for t in self.types},
             "RedisConnected": self.redis_connected(),
         }
@@ -249,6 +256,7 @@ _TYPE_COUNTERS = (
     ("goophry_tasks_failed_total", "Tasks that failed.", "failed"),
     ("goophry_entries_invalid_total", "Invalid entries stored.", "invalid"),
     ("goophry_entries_requeued_total", "Entries put back at shutdown.", "requeued"),
+    ("goophry_retries_total", "Failed runs scheduled to run again.", "retried"),
     ("goophry_tasks_running", "Tasks running now.", "running"),
 )
 
@@ -258,6 +266,7 @@ _QUEUE_GAUGES = (
     ("goophry_queue_length", "Entries waiting in the queue.", "queued"),
     ("goophry_inflight_entries", "Entries taken by any instance and not finished.", "inflight"),
     ("goophry_failed_entries", "Entries in the failed list.", "failed"),
+    ("goophry_scheduled_entries", "Entries due later: scheduled, or retries.", "scheduled"),
 )
 
 

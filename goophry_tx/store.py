@@ -12,7 +12,7 @@ Redis returns.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -28,6 +28,14 @@ from goophry_tx.task import InvalidEntry, Task, failed_entry, payload_text
 REMOVE_SCRIPT = """
 for i = 1, #ARGV do redis.call('LREM', KEYS[1], -1, ARGV[i]) end
 return #ARGV
+"""
+
+# Moves a failed entry (ARGV[1]) from the in-flight list (KEYS[1]) to the
+# scheduled set (KEYS[2]), as its next attempt (ARGV[3]) due at ARGV[2]:
+# one step, so that a daemon killed at any moment loses nothing.
+RETRY_SCRIPT = """
+redis.call('LREM', KEYS[1], -1, ARGV[1])
+return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 """
 
 
@@ -47,12 +55,18 @@ class OutcomeStore:
         failed_ttl: int,
         clock: IReactorTime,
         retry_delay: float = 0.5,
+        failed_ttls: Mapping[str, int] | None = None,
     ) -> None:
+        """
+        @param failed_ttl: FailedTasksTTL, for the types without their own.
+        @param failed_ttls: the types' own FailedTasksTTL.
+        """
         self._link = link
         self._keys = keys
         self._instance = instance
         # Read at each failure: a reload changes it.
         self.failed_ttl = failed_ttl
+        self._failed_ttls = dict(failed_ttls or {})
         self._clock = clock
         self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
@@ -125,15 +139,22 @@ class OutcomeStore:
 
         attempt()
 
-    def failed(self, task: Task | InvalidEntry, error: str) -> Deferred[None]:
-        """Move an entry to its failed list (or log it in full if none is kept)."""
+    def failed(
+        self, task: Task | InvalidEntry, error: str, attempts: int | None = None
+    ) -> Deferred[None]:
+        """
+        Move an entry to its failed list (or log it in full if none is kept).
+
+        @param attempts: how many times it ran, for a type with retries.
+        """
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
-        record = failed_entry(task, error, int(self._clock.seconds()), self._instance)
-        if self.failed_ttl > 0:
+        record = failed_entry(task, error, int(self._clock.seconds()), self._instance, attempts)
+        ttl = self._failed_ttls.get(task.type, self.failed_ttl)
+        if ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [
                 ("RPUSH", failed, record),
-                ("EXPIRE", failed, self.failed_ttl),
+                ("EXPIRE", failed, ttl),
             ]
         else:
             self.log.warn(
@@ -142,6 +163,26 @@ class OutcomeStore:
                 entry=record.decode("utf-8"),
             )
         return self._write(task.type, task.payload, commands, record)
+
+    def retry(self, task: Task, payload: bytes, due: float) -> Deferred[None]:
+        """Move a failed entry to its scheduled set as C{payload}, due at C{due}."""
+        return self._write(
+            task.type,
+            task.payload,
+            [
+                (
+                    "EVAL",
+                    RETRY_SCRIPT,
+                    2,
+                    self._inflight(task.type),
+                    self._keys.scheduled(task.type),
+                    task.payload,
+                    repr(due),
+                    payload,
+                )
+            ],
+            payload,
+        )
 
     def requeue(self, task_type: str, payload: bytes) -> Deferred[None]:
         """Put an entry taken but not finished back at the head of its queue."""

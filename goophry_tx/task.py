@@ -15,6 +15,9 @@ import os
 
 import attrs
 
+#: The field of a retried entry that counts its runs; the daemon's own.
+ATTEMPT_FIELD = "GoophryAttempt"
+
 
 @attrs.frozen
 class Task:
@@ -23,6 +26,10 @@ class Task:
     type: str
     args: tuple[str, ...]
     payload: bytes
+    #: Which run of the entry this is, from its C{GoophryAttempt} field.
+    attempt: int = 1
+    #: Its C{Env} field as decoded, unchecked: what applies depends on its type.
+    env: object = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -58,15 +65,9 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
         return invalid(f"not JSON: {e}")
     if not isinstance(data, dict):
         return invalid(f"expected a JSON object, got {type(data).__name__}")
-    args = data.get("Args")
-    if "Args" not in data:
-        # Go's decoder matches field names case-insensitively.
-        for key, value in data.items():
-            if key.lower() == "args":
-                args = value
-                break
-        else:
-            return invalid("Args is missing")
+    if not _has_field(data, "Args"):
+        return invalid("Args is missing")
+    args = _field(data, "Args")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return invalid("Args must be an array of strings")
     # Valid UTF-8 decodes to valid Unicode: only a \u escape can make a
@@ -77,7 +78,24 @@ def parse_entry(task_type: str, payload: bytes) -> Task | InvalidEntry:
                 arg.encode("utf-8")
             except UnicodeEncodeError:
                 return invalid(f"Args[{index}] is not valid Unicode")
-    return Task(task_type, tuple(args), payload)
+    attempt = data.get(ATTEMPT_FIELD)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        attempt = 1
+    return Task(task_type, tuple(args), payload, attempt, _field(data, "Env"))
+
+
+def _has_field(data: dict[str, object], name: str) -> bool:
+    return name in data or any(key.lower() == name.lower() for key in data)
+
+
+def _field(data: dict[str, object], name: str) -> object:
+    """A field of an entry; Go's decoder matches field names case-insensitively."""
+    if name in data:
+        return data[name]
+    for key, value in data.items():
+        if key.lower() == name.lower():
+            return value
+    return None
 
 
 @attrs.frozen
@@ -188,7 +206,13 @@ def error_script_message(script: str, args: tuple[str, ...], error: str) -> str:
     return f"{script}{quoted}\n\n{error}".replace("\0", "\\x00")
 
 
-def failed_entry(task: Task | InvalidEntry, error: str, failed_at: int, instance: str) -> bytes:
+def failed_entry(
+    task: Task | InvalidEntry,
+    error: str,
+    failed_at: int,
+    instance: str,
+    attempts: int | None = None,
+) -> bytes:
     """
     The JSON stored in the failed list.
 
@@ -196,10 +220,14 @@ def failed_entry(task: Task | InvalidEntry, error: str, failed_at: int, instance
     C{Payload}, and in C{PayloadBase64} too when it is not valid UTF-8.
     Both say when they failed (C{FailedAt}, unix seconds) and on which
     instance (C{Instance}): readers ignore fields they do not know.
+
+    @param attempts: how many times a task of a type with retries ran.
     """
     record: dict[str, object]
     if isinstance(task, Task):
         record = {"Args": list(task.args), "ErrorMessage": error}
+        if attempts is not None:
+            record["Attempts"] = attempts
     else:
         record = {
             "Args": None,

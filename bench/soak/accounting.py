@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from bench.soak.workload import ID_RE, TYPES, Entry
+from bench.soak.workload import FAIL_ATTEMPTS, ID_RE, TYPES, Entry
 
 #: How many lost or duplicated entries are described in full.
 DETAIL = 50
@@ -122,12 +122,14 @@ def account(
                     }
                 )
             continue
-        # Duplicate runs beyond the copies the producer pushed are the daemon's.
+        # Duplicate runs beyond the copies the producer pushed (each run
+        # FAIL_ATTEMPTS times when it fails) are the daemon's.
+        per_copy = FAIL_ATTEMPTS if e.kind == "fail" else 1
         daemon_dup = False
-        if ran > 1:
-            if ran > landed:
+        if ran > per_copy:
+            if ran > landed * per_copy:
                 tally.duplicates += 1
-                tally.duplicate_runs += ran - max(1, landed)
+                tally.duplicate_runs += ran - max(1, landed) * per_copy
                 daemon_dup = True
             else:
                 tally.producer_duplicates += 1

@@ -315,8 +315,9 @@ class Soak:
     # ---- draining
 
     def redis_state(self) -> tuple[int, int]:
-        """(entries in the queues, entries in in-flight lists)."""
+        """(entries in the queues or due later, entries in in-flight lists)."""
         queued = sum(self.command("LLEN", KEYS.queue(t)) for t in TYPES)
+        queued += sum(self.command("ZCARD", KEYS.scheduled(t)) for t in TYPES)
         inflight = 0
         cursor = b"0"
         while True:
@@ -394,13 +395,16 @@ class Soak:
             self.say(f"{res.lost} entries lost; first: {json.dumps(res.lost_detail[:3])}")
 
     def undrained(self) -> dict[str, str]:
-        """Entry id -> the queue or in-flight list that still holds it; said per list."""
+        """Entry id -> the queue, in-flight list or scheduled set holding it; said per key."""
         queued_ids: dict[str, str] = {}
         for t in TYPES:
             lists: list[bytes] = [KEYS.queue(t).encode()]
             lists += self.command("KEYS", KEYS.inflight(t, "*"))
-            for name in lists:
-                for raw in self.command("LRANGE", name, 0, -1):
+            held = [(name, self.command("LRANGE", name, 0, -1)) for name in lists]
+            scheduled = KEYS.scheduled(t)
+            held.append((scheduled.encode(), self.command("ZRANGE", scheduled, 0, -1)))
+            for name, raws in held:
+                for raw in raws:
                     m = ID_RE.search(raw)
                     if m:
                         queued_ids[m.group().decode()] = name.decode()

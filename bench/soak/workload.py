@@ -19,6 +19,9 @@ KEYS = Keys(QUEUE_KEY)
 #: A hash of batch number -> how many times that batch really landed.
 PUSHES_KEY = "soakmeta:pushes"
 TYPES = ("ok", "fail", "slow")
+#: Runs of each failing entry: the fail type retries, so that the soak
+#: accounts for entries moving through the scheduled set too.
+FAIL_ATTEMPTS = 3
 ID_RE = re.compile(rb"e\d{6}")
 
 
@@ -95,7 +98,13 @@ def write_files(
         RedisAddress=redis_address,
         RedisQueueKey=QUEUE_KEY,
         Tasks=[
-            {"Type": t, "Script": str(scripts / f"{t}.sh"), "Workers": workers[t]} for t in TYPES
+            {
+                "Type": t,
+                "Script": str(scripts / f"{t}.sh"),
+                "Workers": workers[t],
+                **({"Retries": FAIL_ATTEMPTS - 1, "RetryBackoff": 0.1} if t == "fail" else {}),
+            }
+            for t in TYPES
         ],
         FailedTasksTTL=86400,
         InstanceTimeout=3,

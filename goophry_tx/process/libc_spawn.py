@@ -78,6 +78,19 @@ def _strings(values: Iterable[bytes]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * len(items))(*items)
 
 
+def environment(
+    environ: Mapping[str, str] | Mapping[bytes, bytes],
+) -> ctypes.Array[ctypes.c_char_p]:
+    """C{environ} as C{envp}: C{NAME=value} strings ending in C{NULL}."""
+    return _strings(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items())
+
+
+#: A spawn handed to the threads: executable, argv, what to call, and envp.
+_Job = tuple[
+    bytes, list[bytes], Callable[[int, int, int], object], "ctypes.Array[ctypes.c_char_p] | None"
+]
+
+
 class LibcSpawner:
     """
     Spawns children from C{threads} threads; each result comes back to the
@@ -103,7 +116,7 @@ class LibcSpawner:
         self._libc = _libc
         self._deliver = deliver
         self._stdin_fd = stdin_fd
-        self._envp = _strings(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items())
+        self._envp = environment(environ)
         self._attr = ctypes.create_string_buffer(_OPAQUE)
         sigdef = ctypes.create_string_buffer(_OPAQUE)
         empty = ctypes.create_string_buffer(_OPAQUE)
@@ -117,7 +130,7 @@ class LibcSpawner:
         libc.posix_spawnattr_setsigmask(self._attr, empty)
         libc.posix_spawnattr_setpgroup(self._attr, 0)
         libc.posix_spawnattr_setflags(self._attr, _SETPGROUP | _SETSIGDEF | _SETSIGMASK)
-        self._jobs: queue.SimpleQueue[tuple[bytes, list[bytes], Callable[..., object]] | None]
+        self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         # Results wait here; the caller's thread is woken once per batch.
         self._results: collections.deque[tuple[Callable[..., object], int, int, int]]
@@ -141,6 +154,7 @@ class LibcSpawner:
         argv: list[bytes],
         done: Callable[[int, int, int], object],
         inline: bool = False,
+        envp: ctypes.Array[ctypes.c_char_p] | None = None,
     ) -> None:
         """
         Start C{executable} with stdout and stderr on a new pipe, and call
@@ -149,12 +163,15 @@ class LibcSpawner:
         idle) and no spawn under way, this one is made at once, in the
         caller's thread, which starts it soonest; otherwise it is handed to
         the threads, and C{done} comes later.
+
+        @param envp: this child's environment (L{environment}), when it is
+            not the one given at construction.
         """
         if inline and not self._busy:
-            done(*self._spawn(self._inline_actions, self._inline_pid, executable, argv))
+            done(*self._spawn(self._inline_actions, self._inline_pid, executable, argv, envp))
             return
         self._busy += 1
-        self._jobs.put((executable, argv, done))
+        self._jobs.put((executable, argv, done, envp))
 
     def _spawn(
         self,
@@ -162,6 +179,7 @@ class LibcSpawner:
         pid: ctypes.c_int,
         executable: bytes,
         argv: list[bytes],
+        envp: ctypes.Array[ctypes.c_char_p] | None,
     ) -> tuple[int, int, int]:
         """One spawn, with this thread's buffers: C{(pid, error, fd)} as L{spawn} gives them."""
         libc = self._libc
@@ -175,7 +193,12 @@ class LibcSpawner:
         libc.posix_spawn_file_actions_adddup2(actions, out_fd, 1)
         libc.posix_spawn_file_actions_adddup2(actions, out_fd, 2)
         error = libc.posix_spawn(
-            ctypes.byref(pid), executable, actions, self._attr, _strings(argv), self._envp
+            ctypes.byref(pid),
+            executable,
+            actions,
+            self._attr,
+            _strings(argv),
+            self._envp if envp is None else envp,
         )
         libc.posix_spawn_file_actions_destroy(actions)
         os.close(out_fd)
@@ -192,8 +215,8 @@ class LibcSpawner:
             job = self._jobs.get()
             if job is None:
                 return
-            executable, argv, done = job
-            result = self._spawn(actions, pid, executable, argv)
+            executable, argv, done, envp = job
+            result = self._spawn(actions, pid, executable, argv, envp)
             self._results.append((done, *result))
             if not self._wake_pending:
                 self._wake_pending = True

@@ -11,6 +11,7 @@ shell ever sees an argument.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessTerminated
@@ -182,9 +183,12 @@ class ScriptRunner:
         clock: IReactorTime,
         output_limit: int = 65536,
         kill_grace: float = 5.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         """
         @param spawner: starts the processes.
+        @param environ: what a script's own variables are added to; the
+            daemon's by default.  A script without any gets the spawner's.
         @param clock: times the runs, their timeouts and the kill grace.
         @param output_limit: the bytes of output kept per run; the rest is
             counted.
@@ -195,20 +199,30 @@ class ScriptRunner:
         # Read at each run: a reload changes them for the next ones.
         self.output_limit = output_limit
         self.kill_grace = kill_grace
+        self._environ = dict(os.environ if environ is None else environ)
 
-    def run(self, script: str, args: tuple[str, ...], timeout: float = 0.0) -> RunningScript:
+    def run(
+        self,
+        script: str,
+        args: tuple[str, ...],
+        timeout: float = 0.0,
+        env: Mapping[str, str] | None = None,
+    ) -> RunningScript:
         """
         Start C{script} with C{args}.  Its C{done} fires with an L{Outcome},
         never with a failure: a script that cannot start is an outcome too.
 
         @param timeout: seconds after which the script's group gets SIGTERM,
             then SIGKILL after the grace; 0 for none.
+        @param env: variables set for this run only, over the environment.
         """
         run = RunningScript(self._clock, self._clock.seconds(), self.kill_grace, script)
         protocol = _ScriptProtocol(run, self.output_limit)
         run.protocol = protocol
         try:
-            transport = self._spawner.spawnProcess(protocol, script, [script, *args])
+            transport = self._spawner.spawnProcess(
+                protocol, script, [script, *args], env={**self._environ, **env} if env else None
+            )
         except (OSError, ValueError, UnicodeError) as e:
             run.done = succeed(Outcome(start_error=start_error(script, e)))
             return run

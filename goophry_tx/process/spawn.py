@@ -458,8 +458,8 @@ class PosixSpawner:
     ) -> SpawnedProcess:
         if path is not None or uid is not None or gid is not None or usePTY or childFDs:
             raise ValueError("PosixSpawner takes no path, uid, gid, usePTY or childFDs")
-        if self._threaded is not None and env is None:
-            return self._spawn_threaded(processProtocol, executable, args)
+        if self._threaded is not None:
+            return self._spawn_threaded(processProtocol, executable, args, env)
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         try:
             os.set_blocking(read_fd, False)
@@ -491,13 +491,20 @@ class PosixSpawner:
         protocol: IProcessProtocol,
         executable: bytes | str,
         args: Sequence[bytes | str],
+        env: Mapping[AnyStr, AnyStr] | None,
     ) -> SpawnedProcess:
         assert self._threaded is not None
         program = os.fsencode(executable)
-        argv = [os.fsencode(a) for a in args]
-        if b"\0" in program or any(b"\0" in a for a in argv):
+        argv: list[bytes] = [os.fsencode(a) for a in args]
+        strings: list[bytes] = [program, *argv]
+        if env is not None:
+            for name, value in env.items():
+                strings += (os.fsencode(name), os.fsencode(value))
+        if any(b"\0" in s for s in strings):
             # C strings would silently end there.
             raise ValueError("embedded null byte")
+        # Only a child with an environment of its own pays for encoding it.
+        envp = None if env is None else libc_spawn.environment(env)
         transport = SpawnedProcess(
             self._poller, self._reactor, protocol, None, self._child_ended, self._watch_later
         )
@@ -505,7 +512,7 @@ class PosixSpawner:
         # Nothing else running: start it at once rather than hand it over.
         inline = self.live == 0
         self.live += 1
-        self._threaded.spawn(program, argv, transport._spawned, inline)
+        self._threaded.spawn(program, argv, transport._spawned, inline, envp)
         return transport
 
     def _child_ended(self) -> None:

@@ -125,6 +125,7 @@ def test_stats_counts_queued_failed_paused_and_in_flight(
     goophry.push_args("t", "1")
     goophry.push_args("t", "2")
     goophry.redis.cli("RPUSH", goophry.failed_key("u"), failed_record("x"))
+    goophry.redis.cli("ZADD", goophry.keys.scheduled("u"), 4102444800, '{"Args":["later"]}')
     goophry.redis.cli("RPUSH", f"{goophry.key}:u:inflight:gone", '{"Args":[]}')
     goophry.redis.cli("HSET", f"{goophry.key}:instances", "gone", '{"types":["u"]}')
     goophry.redis.cli("SET", f"{goophry.key}:instance:here", "1")
@@ -134,15 +135,29 @@ def test_stats_counts_queued_failed_paused_and_in_flight(
     document = as_json(cfg, "stats")
     assert document == {
         "types": {
-            "t": {"queued": 2, "inflight": 0, "failed": 0, "paused": False},
-            "u": {"queued": 0, "inflight": 1, "failed": 1, "paused": True},
+            "t": {"queued": 2, "inflight": 0, "failed": 0, "paused": False, "scheduled": 0},
+            "u": {"queued": 0, "inflight": 1, "failed": 1, "paused": True, "scheduled": 1},
         },
         "instances": {"alive": 1, "dead": 1},
     }
     text = ok(cfg, "stats")
     assert rows(text) == [
-        {"TYPE": "t", "QUEUED": "2", "INFLIGHT": "0", "FAILED": "0", "PAUSED": "no"},
-        {"TYPE": "u", "QUEUED": "0", "INFLIGHT": "1", "FAILED": "1", "PAUSED": "yes"},
+        {
+            "TYPE": "t",
+            "QUEUED": "2",
+            "INFLIGHT": "0",
+            "FAILED": "0",
+            "SCHEDULED": "0",
+            "PAUSED": "no",
+        },
+        {
+            "TYPE": "u",
+            "QUEUED": "0",
+            "INFLIGHT": "1",
+            "FAILED": "1",
+            "SCHEDULED": "1",
+            "PAUSED": "yes",
+        },
     ]
     assert "instances: 1 alive, 1 dead" in text
 

@@ -32,6 +32,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import ResponseError
+from goophry_tx.schedule import RetryTimes
 from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import (
     FakeRedisLink,
@@ -104,7 +105,13 @@ def make_rig(
     notifier = ErrorNotifier(runner, error_script, queue_size=10, timeout=30.0)
     task_type = TaskType("t", SCRIPT, workers, timeout)
     counters = type_counters(["t"])
-    outcomes = OutcomeRecorder(tasks=[task_type], counters=counters, store=store, notifier=notifier)
+    outcomes = OutcomeRecorder(
+        tasks=[task_type],
+        counters=counters,
+        store=store,
+        notifier=notifier,
+        retry_times=RetryTimes(clock, 3600.0, lambda due: None),
+    )
     consumer = Consumer(
         task_type=task_type,
         keys=keys,

@@ -61,15 +61,16 @@ def test_stats_asks_every_instance_list_at_once() -> None:
         "MULTI",
         ("LLEN", "q:t"),
         ("LLEN", "q:t:failed"),
+        ("ZCARD", "q:t:scheduled"),
         ("LLEN", "q:t:inflight:a"),
         ("LLEN", "q:t:inflight:b"),
     )
-    figures.answer([5, 2, 3, 4])
+    figures.answer([5, 2, 6, 3, 4])
     assert link.take("SMEMBERS").command == ("SMEMBERS", "q:paused")
     link.take("SMEMBERS").answer([b"t", b"other"])
     overview = success_result_of(d)
     assert overview.as_json() == {
-        "types": {"t": {"queued": 5, "inflight": 7, "failed": 2, "paused": True}},
+        "types": {"t": {"queued": 5, "inflight": 7, "failed": 2, "paused": True, "scheduled": 6}},
         "instances": {"alive": 1, "dead": 1},
     }
 

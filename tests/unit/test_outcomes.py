@@ -14,6 +14,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.recovery import Abandoned
+from goophry_tx.schedule import RetryTimes
 from goophry_tx.store import OutcomeStore
 from goophry_tx.task import InvalidEntry, Outcome, Task
 from tests.unit.fakes import FakeRedisLink, MemoryProcessReactor
@@ -30,6 +31,8 @@ class Rig:
     processes: MemoryProcessReactor
     counters: dict[str, TypeCounters]
     outcomes: OutcomeRecorder
+    #: The due times of the retries the recorder scheduled.
+    dues: list[float]
 
     @property
     def mail(self) -> TypeCounters:
@@ -46,16 +49,24 @@ class Rig:
 NOW = 1764669185.75
 
 
-def make_rig() -> Rig:
-    clock, link, processes = Clock(), FakeRedisLink(), MemoryProcessReactor()
-    clock.advance(NOW)
+def make_rig(retries: int = 0, backoff: float = 10.0, clock: Clock | None = None) -> Rig:
+    if clock is None:
+        clock = Clock()
+        clock.advance(NOW)
+    link, processes = FakeRedisLink(), MemoryProcessReactor()
     store = OutcomeStore(link, Keys("q"), "me", 60, clock)
     notifier = ErrorNotifier(ScriptRunner(processes, clock), ERROR_SCRIPT)
     counters = type_counters(["mail"])
+    dues: list[float] = []
     outcomes = OutcomeRecorder(
-        tasks=[TaskType("mail", SCRIPT, 2)], counters=counters, store=store, notifier=notifier
+        tasks=[TaskType("mail", SCRIPT, 2, retries=retries, retry_backoff=backoff)],
+        counters=counters,
+        store=store,
+        notifier=notifier,
+        # No jitter: the delays are exact.
+        retry_times=RetryTimes(clock, 3600.0, dues.append, jitter=lambda: 0.5),
     )
-    return Rig(link, processes, counters, outcomes)
+    return Rig(link, processes, counters, outcomes, dues)
 
 
 def task(*args: str) -> Task:

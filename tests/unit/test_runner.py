@@ -318,3 +318,14 @@ def test_a_script_reaped_elsewhere_is_a_failure(
     )
     assert (outcome.output, outcome.duration) == (b"partial", 1.0)
     assert not clock.getDelayedCalls()
+
+
+def test_a_run_with_variables_of_its_own_adds_them_to_the_environment(
+    processes: MemoryProcessReactor, clock: Clock
+) -> None:
+    runner = ScriptRunner(processes, clock, environ={"PATH": "/bin", "A": "old"})
+    runner.run(SCRIPT, (), env={"A": "new", "B": "b"})
+    runner.run(SCRIPT, (), env={})
+    first, second = processes.spawned
+    assert first.env == {"PATH": "/bin", "A": "new", "B": "b"}
+    assert second.env is None

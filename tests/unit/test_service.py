@@ -18,6 +18,7 @@ from goophry_tx.config import Config, TaskType
 from goophry_tx.consumer import AtMostOnceTake, AtomicTake, State
 from goophry_tx.recovery import BEAT_SCRIPT, LEAVE_SCRIPT, RECOVER_SCRIPT
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink
+from goophry_tx.schedule import MOVE_DUE_SCRIPT
 from goophry_tx.service import GoophryService, Phase, parse_redis_version
 from tests.unit.fakes import (
     FakeRedisLink,
@@ -101,7 +102,12 @@ class LinkService(FakeRedisLink, Service):
         return super().execute(*command)
 
 
-SCRIPTS = {BEAT_SCRIPT: "BEAT", RECOVER_SCRIPT: "RECOVER", LEAVE_SCRIPT: "LEAVE"}
+SCRIPTS = {
+    BEAT_SCRIPT: "BEAT",
+    RECOVER_SCRIPT: "RECOVER",
+    LEAVE_SCRIPT: "LEAVE",
+    MOVE_DUE_SCRIPT: "MOVE",
+}
 INFO = b"# Server\r\nredis_version:7.2.4\r\nuptime_in_seconds:3600\r\n"
 
 
@@ -133,6 +139,8 @@ class Tree:
         self.control.take("EVAL").answer([])
         self.control.take("SMEMBERS").answer([])
         assert self.service.phase is Phase.CONSUMING
+        # The due-entry mover's first look: nothing scheduled.
+        self.control.take("EVAL").answer([b"", 0, 0])
         return self.take()
 
     def take(self) -> list[str]:

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 from bench.soak.accounting import account, failed_ids
-from bench.soak.workload import Entry
+from bench.soak.workload import FAIL_ATTEMPTS, Entry
 from tests.helpers import task_payload
 
 RUNS_NONE: dict[str, Counter[str]] = {"ok": Counter(), "fail": Counter(), "slow": Counter()}
@@ -100,3 +100,19 @@ def test_records_of_no_entry_pushed_are_unknown() -> None:
     tally = account([], {}, _runs(ok=["e999999"]), [*_failed("e888888"), record], {})
     assert tally.unknown_records == 3
     assert failed_ids([record]) == (Counter(), 1)
+
+
+def test_a_failing_entry_runs_once_per_attempt_without_being_a_duplicate() -> None:
+    attempts = ["e000000"] * FAIL_ATTEMPTS
+    tally = account(
+        [_entry("e000000", "fail")], {0: 1}, _runs(fail=attempts), _failed("e000000"), {}
+    )
+    assert (tally.lost, tally.duplicates) == (0, 0)
+    again = account(
+        [_entry("e000000", "fail")],
+        {0: 1},
+        _runs(fail=[*attempts, "e000000"]),
+        _failed("e000000"),
+        {},
+    )
+    assert (again.duplicates, again.duplicate_runs) == (1, 1)

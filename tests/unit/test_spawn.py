@@ -283,3 +283,25 @@ def test_a_missing_executable_fails_to_start(
 def test_a_nul_byte_in_an_argument_raises(spawner: PosixSpawner) -> None:
     with pytest.raises(ValueError, match="null"):
         spawner.spawnProcess(Recorder(), SH, [SH, "-c", "a\0b"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_child_given_an_environment_sees_that_one(
+    spawner: PosixSpawner, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    protocol = Recorder()
+    transport = spawner.spawnProcess(
+        protocol, SH, [SH, "-c", 'echo "[$GREETING][$HOME]"'], env={"GREETING": "a b"}
+    )
+    groups.append(transport.pid)
+    yield bounded(protocol.ended)
+    assert protocol.output == b"[a b][]\n"
+    # The next child without one has the spawner's again.
+    protocol, _ = sh(spawner, groups, 'echo "[$GREETING]"')
+    yield bounded(protocol.ended)
+    assert protocol.output == b"[]\n"
+
+
+def test_a_nul_byte_in_the_environment_raises(spawner: PosixSpawner) -> None:
+    with pytest.raises(ValueError):
+        spawner.spawnProcess(Recorder(), SH, [SH], env={"A": "x\0y"})

@@ -355,16 +355,18 @@ def test_queue_figures_count_every_registered_instances_inflight_list() -> None:
         "MULTI",
         ("LLEN", "goophry:mail"),
         ("LLEN", "goophry:mail:failed"),
+        ("ZCARD", "goophry:mail:scheduled"),
         ("LLEN", "goophry:mail:inflight:host:1:a"),
         ("LLEN", "goophry:mail:inflight:host:2:b"),
         ("LLEN", "goophry:sms"),
         ("LLEN", "goophry:sms:failed"),
+        ("ZCARD", "goophry:sms:scheduled"),
         ("LLEN", "goophry:sms:inflight:host:1:a"),
         ("LLEN", "goophry:sms:inflight:host:2:b"),
     )
-    transaction.answer([10, 1, 2, 3, 0, 4, 0, 0])
+    transaction.answer([10, 1, 6, 2, 3, 0, 4, 0, 0, 0])
     assert success_result_of(d) == {
-        "mail": QueueFigures(queued=10, inflight=5, failed=1),
+        "mail": QueueFigures(queued=10, inflight=5, failed=1, scheduled=6),
         "sms": QueueFigures(queued=0, inflight=0, failed=4),
     }
 
@@ -373,7 +375,7 @@ def test_queue_figures_without_registered_instances() -> None:
     link = FakeRedisLink()
     d = queue_figures(link, Keys("k"), ["mail"])
     link.take("HKEYS").answer([])
-    link.take("MULTI").answer([3, 0])
+    link.take("MULTI").answer([3, 0, 0])
     assert success_result_of(d) == {"mail": QueueFigures(queued=3, inflight=0, failed=0)}
 
 
