@@ -26,6 +26,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.recovery import machine_identity
 from goophry_tx.redis import IRedisLink
 from goophry_tx.schedule import ID_FIELD, scheduled_payload
+from goophry_tx.stats import queue_figures
 from goophry_tx.task import ATTEMPT_FIELD
 
 P = ParamSpec("P")
@@ -247,22 +248,13 @@ async def stats(link: IRedisLink, keys: Keys, types: Sequence[str]) -> Overview:
     failed, paused, scheduled; and the number of live and dead instances.
     """
     registered = await _registered(link, keys)
-    commands: list[Sequence[str | bytes | int]] = []
-    for t in types:
-        commands += [
-            ("LLEN", keys.queue(t)),
-            ("LLEN", keys.failed(t)),
-            ("SISMEMBER", keys.paused, t),
-            ("ZCARD", keys.scheduled(t)),
-        ]
-        commands += [("LLEN", keys.inflight(t, r.name)) for r in registered]
-    replies = iter(await _each(link, commands))
-    figures = {}
-    for t in types:
-        queued, failed, paused = int(next(replies)), int(next(replies)), bool(next(replies))
-        scheduled = int(next(replies))
-        inflight = sum(int(next(replies)) for _ in registered)
-        figures[t] = TypeStats(queued, inflight, failed, paused, scheduled)
+    # The queue figures as the metrics read them (one MULTI), then the paused types.
+    queues = await queue_figures(link, keys, types, [r.name for r in registered])
+    paused = {_text(name) for name in await link.execute("SMEMBERS", keys.paused)}
+    figures = {
+        t: TypeStats(f.queued, f.inflight, f.failed, t in paused, f.scheduled)
+        for t, f in queues.items()
+    }
     alive = sum(r.alive for r in registered)
     return Overview(figures, alive, len(registered) - alive)
 

@@ -211,14 +211,16 @@ class DueEntryMover:
             repr(self._clock.seconds()),
             BATCH,
         )
-        d.addCallbacks(self._moved, self._failed)
+        # The reply counts the types this move was sent for: a reload
+        # (L{set_types}) while it is on its way changes the next move only.
+        d.addCallbacks(self._moved, self._failed, callbackArgs=(self._types,))
 
-    def _moved(self, reply: list[Any]) -> None:
+    def _moved(self, reply: list[Any], types: Sequence[str]) -> None:
         self._moving = False
         if not self._running:
             return
         earliest, *moved = reply
-        for task_type, count in zip(self._types, moved, strict=True):
+        for task_type, count in zip(types, moved, strict=True):
             if count and self._verbose:
                 self.log.info(
                     "{count} due {type} entries moved to their queue", count=count, type=task_type

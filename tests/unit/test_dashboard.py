@@ -49,6 +49,8 @@ class MemoryLink:
         self.lists: dict[str, list[bytes]] = {}
         self.hashes: dict[str, dict[bytes, bytes]] = {}
         self.sets: dict[str, set[bytes]] = {}
+        #: Sorted sets (the scheduled sets): member -> score.
+        self.zsets: dict[str, dict[bytes, float]] = {}
         self.strings: set[str] = set()
         self.changes: list[tuple[Any, ...]] = []
 
@@ -74,10 +76,12 @@ class MemoryLink:
             return int(member in self.sets.get(key, set()))
         if name == "SMEMBERS":
             return list(self.sets.get(key, set()))
+        if name == "ZCARD":
+            return len(self.zsets.get(key, {}))
         raise AssertionError(f"unexpected command {command!r}")
 
     def transaction(self, commands: Sequence[Sequence[Any]]) -> Deferred[list[Any]]:
-        if all(c[0] == "LLEN" for c in commands):
+        if all(c[0] in ("LLEN", "ZCARD") for c in commands):
             # Reads in one MULTI/EXEC (the queue figures).
             return succeed([self._read(c) for c in commands])
         self.changes.extend(tuple(c) for c in commands)

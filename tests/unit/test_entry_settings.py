@@ -91,7 +91,11 @@ def test_a_types_own_failed_tasks_ttl_wins_over_the_global_one() -> None:
         store.failed(Task(name, (), b'{"Args":[]}'), "exit status 1")
     own, off, default = (sent.command for sent in link.pending)
     assert own[1:3] == (
-        ("RPUSH", "q:own:failed", b'{"Args":[],"ErrorMessage":"exit status 1"}'),
+        (
+            "RPUSH",
+            "q:own:failed",
+            b'{"Args":[],"ErrorMessage":"exit status 1","FailedAt":0,"Instance":"me"}',
+        ),
         ("EXPIRE", "q:own:failed", 5),
     )
     assert off == ("LREM", "q:off:inflight:me", -1, b'{"Args":[]}')

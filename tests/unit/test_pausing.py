@@ -17,6 +17,7 @@ from goophry_tx.outcomes import OutcomeRecorder, type_counters
 from goophry_tx.pausing import PauseWatcher
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import ISubscriber, ResponseError
+from goophry_tx.schedule import RetryTimes
 from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import FakeRedisLink, MemoryProcessReactor, success_result_of
 
@@ -54,6 +55,7 @@ def make_rig() -> Rig:
         counters=type_counters(["t", "u"]),
         store=OutcomeStore(control, KEYS, "i1", 0, clock),
         notifier=ErrorNotifier(runner, None),
+        retry_times=RetryTimes(clock, 3600.0, lambda due: None),
     )
     consumers = {
         t.type: Consumer(

@@ -20,7 +20,9 @@ from goophry_tx import reload as reload_module
 from goophry_tx.config import Config, TaskType, load_config, setting_name
 from goophry_tx.consumer import State
 from goophry_tx.notify import SystemdNotifier
+from goophry_tx.recovery import BEAT_SCRIPT
 from goophry_tx.reload import compare, read_again, reload_on_sighup
+from goophry_tx.schedule import MOVE_DUE_SCRIPT
 from goophry_tx.service import GoophryService, Phase
 from tests.unit.test_consumer import SCRIPT, TAKE_SHA, blmove, entry, evalsha, make_rig
 from tests.unit.test_service import INFO, FakeReactor, LinkService, Spawner
@@ -147,7 +149,7 @@ def test_a_task_setting_that_is_not_live_keeps_its_running_value() -> None:
         reload_module.LIVE_TASK,
         " of mail",
     )
-    assert (applied, restart) == (["Workers of mail 1 -> 3"], ["retries of mail"])
+    assert (applied, restart) == (["Workers of mail 1 -> 3"], ["Retries of mail"])
 
 
 def test_setting_names_are_those_of_the_file() -> None:
@@ -346,6 +348,8 @@ class Daemon:
         self.control.take("EVAL").answer([])
         self.control.take("SMEMBERS").answer([])
         assert self.service.phase is Phase.CONSUMING
+        # The due-entry mover's first look: nothing scheduled.
+        self.control.take("EVAL").answer([b"", 0, 0])
         self.take()
 
     def take(self) -> list[str]:
@@ -406,7 +410,22 @@ def test_a_type_added_gets_a_link_a_consumer_counters_and_a_registration(
     # Started: it waits for its link.
     assert added.state is State.RECONCILING
     daemon.reactor.advance(daemon.service.heartbeat.interval)
+    # The due-entry mover looks first (its check interval is shorter), and
+    # in the added type's scheduled set too.
+    move = daemon.control.take("EVAL")
+    assert move.command[1] == MOVE_DUE_SCRIPT
+    assert move.command[2:9] == (
+        6,
+        "q:t:scheduled",
+        "q:u:scheduled",
+        "q:v:scheduled",
+        "q:t",
+        "q:u",
+        "q:v",
+    )
+    move.answer([b"", 0, 0, 0])
     beat = daemon.control.take("EVAL")
+    assert beat.command[1] == BEAT_SCRIPT
     assert '"types":["t","u","v"]' in beat.command[-2]
 
 

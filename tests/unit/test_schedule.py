@@ -115,7 +115,12 @@ def test_a_task_failing_every_time_is_stored_with_its_attempts_and_told_once() -
         if attempt < 3:
             entry = parse_entry("mail", retried(rig.link)[2])
     [(multi, rpush, expire, lrem)] = rig.commands()
-    assert rpush == ("RPUSH", FAILED, b'{"Args":["a"],"ErrorMessage":"exit status 3","Attempts":3}')
+    assert rpush == (
+        "RPUSH",
+        FAILED,
+        b'{"Args":["a"],"ErrorMessage":"exit status 3","Attempts":3,'
+        b'"FailedAt":1764669185,"Instance":"me"}',
+    )
     assert rig.told() == [f'{SCRIPT} "a"\n\nexit status 3']
     assert (rig.mail.retried, rig.mail.failed) == (2, 1)
 
@@ -264,3 +269,27 @@ def test_a_retry_scheduled_while_redis_is_away_is_looked_for_once_it_is_back() -
     clock.advance(0)
     move(link)
     assert link.pending == []
+
+
+def test_types_set_during_a_move_count_from_the_next_one() -> None:
+    clock = Clock()
+    link, mover = make_mover(clock)
+    mover.start()
+    # A reload adds a type while the first move is on its way: its reply
+    # counts the two types it was sent for.
+    mover.set_types(["a", "b", "c"])
+    move(link, b"0.5", (1, 0))
+    clock.advance(0.5)
+    sent = link.take("EVAL")
+    assert sent.command[2:9] == (
+        6,
+        "q:a:scheduled",
+        "q:b:scheduled",
+        "q:c:scheduled",
+        "q:a",
+        "q:b",
+        "q:c",
+    )
+    sent.answer([b"", 0, 0, 1])
+    clock.advance(CHECK_INTERVAL)
+    assert len(link.pending) == 1

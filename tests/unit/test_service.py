@@ -331,7 +331,8 @@ def test_pause_messages_reach_the_consumers_and_every_beat_reads_the_set() -> No
     assert t.service.stats.as_json()["Paused"] == {"t": False, "u": False}
     # The backstop: one read per beat.
     t.reactor.advance(t.service.heartbeat.interval)
-    assert t.take() == ["control: BEAT", "control: SMEMBERS"]
+    # The due-entry mover looks on its own timer (answered in started()).
+    assert t.take() == ["control: MOVE", "control: BEAT", "control: SMEMBERS"]
 
 
 def test_the_queue_figures_are_read_for_the_configured_types() -> None:
@@ -345,13 +346,17 @@ def test_the_queue_figures_are_read_for_the_configured_types() -> None:
         "MULTI",
         ("LLEN", "q:t"),
         ("LLEN", "q:t:failed"),
+        ("ZCARD", "q:t:scheduled"),
         ("LLEN", "q:t:inflight:i1"),
         ("LLEN", "q:u"),
         ("LLEN", "q:u:failed"),
+        ("ZCARD", "q:u:scheduled"),
         ("LLEN", "q:u:inflight:i1"),
     )
-    figures.answer([1, 2, 3, 4, 5, 6])
-    assert {name: f.queued for name, f in success_result_of(d).items()} == {"t": 1, "u": 4}
+    figures.answer([1, 2, 7, 3, 4, 5, 8, 6])
+    read = success_result_of(d)
+    assert {name: f.queued for name, f in read.items()} == {"t": 1, "u": 4}
+    assert {name: f.scheduled for name, f in read.items()} == {"t": 7, "u": 8}
 
 
 def test_redis_coming_back_is_counted() -> None:
