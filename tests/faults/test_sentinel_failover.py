@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import BACK, STARTED, UNREACHABLE
+from tests.faults.conftest import BACK, UNREACHABLE
 from tests.helpers import (
+    STARTED,
     DaemonProcess,
     RedisReplyError,
     RedisServer,

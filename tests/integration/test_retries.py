@@ -80,7 +80,11 @@ def test_a_task_failing_every_time_ends_failed_with_attempts_and_error_script_to
         ErrorScript=str(error_script),
     ).daemon
     [entry] = goophry.wait_failed("t", timeout=15)
-    assert entry == {"Args": ["a", "99"], "ErrorMessage": "exit status 7", "Attempts": 3}
+    assert goophry.stamped(entry, daemon) == {
+        "Args": ["a", "99"],
+        "ErrorMessage": "exit status 7",
+        "Attempts": 3,
+    }
     wait_for(told.exists, message=daemon.log_text)
     goophry.wait_settled()
     assert len(_runs(runs)) == 3
