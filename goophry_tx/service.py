@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -55,6 +55,11 @@ from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_seco
 def instance_name() -> str:
     """A name for this daemon instance: host, pid and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _failed_ttls(tasks: Iterable[TaskType]) -> dict[str, int]:
+    """The FailedTasksTTL of each type that has its own."""
+    return {t.type: t.failed_tasks_ttl for t in tasks if t.failed_tasks_ttl is not None}
 
 
 def parse_redis_version(info: bytes) -> tuple[int, ...]:
@@ -248,9 +253,7 @@ class GoophryService(MultiService):
             self.instance,
             config.failed_tasks_ttl,
             reactor,
-            failed_ttls={
-                t.type: t.failed_tasks_ttl for t in config.tasks if t.failed_tasks_ttl is not None
-            },
+            failed_ttls=_failed_ttls(config.tasks),
         )
         self.notifier = ErrorNotifier(
             self.runner,
@@ -445,6 +448,9 @@ class GoophryService(MultiService):
         self.notifier.timeout = config.error_script_timeout
         self.notifier.queue_size = config.error_queue_size
         self.store.failed_ttl = config.failed_tasks_ttl
+        # A type a reload adds brings its own FailedTasksTTL; a kept type
+        # keeps the one it started with (it needs a restart).
+        self.store.failed_ttls = _failed_ttls(config.tasks)
         self.outcomes.configure(config.tasks)
         # A removed type's scheduled entries wait for a daemon that runs it.
         self.mover.set_types([t.type for t in config.tasks])

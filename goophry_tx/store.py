@@ -66,7 +66,8 @@ class OutcomeStore:
         self._instance = instance
         # Read at each failure: a reload changes it.
         self.failed_ttl = failed_ttl
-        self._failed_ttls = dict(failed_ttls or {})
+        #: The types' own FailedTasksTTL (set again by a reload).
+        self.failed_ttls: dict[str, int] = dict(failed_ttls or {})
         self._clock = clock
         self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
@@ -149,7 +150,7 @@ class OutcomeStore:
         """
         commands: list[Command] = [("LREM", self._inflight(task.type), -1, task.payload)]
         record = failed_entry(task, error, int(self._clock.seconds()), self._instance, attempts)
-        ttl = self._failed_ttls.get(task.type, self.failed_ttl)
+        ttl = self.failed_ttls.get(task.type, self.failed_ttl)
         if ttl > 0:
             failed = self._keys.failed(task.type)
             commands[:0] = [

@@ -494,6 +494,22 @@ def test_the_plain_values_reach_the_parts_that_read_them(daemon: Daemon) -> None
     assert service.consumers[0].task_type == TaskType("t", str(daemon.folder / "t2.sh"), 4)
 
 
+def test_a_type_added_keeps_failed_entries_as_long_as_its_own_ttl_says(daemon: Daemon) -> None:
+    daemon.start()
+    daemon.write(
+        [
+            {"Type": "t", "Script": "t.sh", "FailedTasksTTL": 5},
+            {"Type": "u", "Script": "u.sh"},
+            {"Type": "v", "Script": "v.sh", "FailedTasksTTL": 7},
+        ],
+        FailedTasksTTL=60,
+    )
+    daemon.service.reload()
+    store = daemon.service.store
+    # A kept type's own TTL needs a restart; an added type's applies.
+    assert (store.failed_ttl, store.failed_ttls) == (60, {"v": 7})
+
+
 def test_a_refused_file_changes_nothing_and_systemd_hears_ready_again(daemon: Daemon) -> None:
     daemon.start()
     before = daemon.service.config
