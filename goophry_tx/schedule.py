@@ -40,7 +40,7 @@ JITTER = 0.2
 #: sooner: an entry another daemon or a producer schedules is seen this late
 #: at most, so one due later than that starts on time; an idle daemon asks
 #: Redis no more often than this.
-CHECK_INTERVAL = 2.0
+CHECK_INTERVAL = 1.0
 
 #: The most entries of one type moved by one script call.
 BATCH = 1000

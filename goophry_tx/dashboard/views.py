@@ -284,12 +284,22 @@ def overview(
                 number(running.get(task_type, 0), "running"),
                 number(f.inflight),
                 number(f.failed, "failed"),
+                number(f.scheduled),
                 number(last_minute(history, now, task_type, "succeeded"), "ok"),
                 number(last_minute(history, now, task_type, "failed"), "failed"),
                 class_="paused" if f.paused else "",
             )
         )
-    headings = ["Type", "Queued", "Running", "In flight", "Failed", "Succeeded/min", "Failed/min"]
+    headings = [
+        "Type",
+        "Queued",
+        "Running",
+        "In flight",
+        "Failed",
+        "Scheduled",
+        "Succeeded/min",
+        "Failed/min",
+    ]
     dead = (
         tags.a(f"{figures.dead} dead", href=f"{context.base}instances", class_="failed")
         if figures.dead

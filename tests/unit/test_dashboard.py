@@ -111,6 +111,7 @@ def link() -> MemoryLink:
         b"host:1:ab": json.dumps({"host": "host", "pid": 1, "types": ["mail"]}).encode()
     }
     link.strings.add("q:instance:host:1:ab")
+    link.zsets["q:mail:scheduled"] = {b'{"Args":["later"],"GoophryId":"1"}': 1.9e9}
     return link
 
 
@@ -165,7 +166,8 @@ def test_overview_shows_each_types_figures(link: MemoryLink, clock: Clock) -> No
     assert "text/html" in response.headers.getRawHeaders("content-type")[0]
     row = page.split('href="/ui/type/mail"', 1)[1].split("</tr>", 1)[0]
     numbers = [cell.split("<", 1)[0] for cell in row.split('class="num')[1:]]
-    assert [n.split(">", 1)[1] for n in numbers] == ["1", "1", "1", "3", "0", "0"]
+    # Queued, running, in flight, failed, scheduled, succeeded and failed a minute.
+    assert [n.split(">", 1)[1] for n in numbers] == ["1", "1", "1", "3", "1", "0", "0"]
     assert "1 instance alive" in page
     assert page.count("<svg") == 2
 
