@@ -325,6 +325,8 @@ class StatsResource(Resource):
         if pattern_matches(self._metrics_pattern, path):
             return self._metrics(request)
         if pattern_matches(self._pattern, path):
+            # Its Scheduled counts are the queue figures: as for a scrape.
+            self._stats.refresh_queues()
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(self._stats.as_json()).encode("utf-8")
         if self._pattern.endswith("/") and path == self._pattern[:-1]:

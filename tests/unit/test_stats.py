@@ -296,9 +296,9 @@ def test_queue_gauges_are_read_when_scraped_at_most_every_5_seconds(
     clock.advance(60)
     assert reads.reads == [], "read with nobody scraping"
     get(http, "/stats/")
-    assert reads.reads == [], "the JSON stats do not show the queue figures"
+    assert len(reads.reads) == 1, "the JSON stats' Scheduled counts start a read"
 
-    # The first scrape starts a read and has nothing to show yet.
+    # The first scrape finds that read under way and has nothing to show yet.
     assert queue_gauges(metrics(http)[1]) == {}
     assert len(reads.reads) == 1
     reads.reads[0].callback({"mail": QueueFigures(queued=5, inflight=2, failed=1)})
