@@ -115,6 +115,10 @@ def test_daemons_follow_a_failover_and_lose_nothing(
     assert lost == []
     for daemon in daemons:
         assert daemon.running()
+        # "Back" is logged once every link is back: the one that only
+        # listens for pause messages may come back seconds after the drain,
+        # at its reconnect backoff (5 s at most).
+        daemon.wait_for_log(BACK, timeout=15)
         log = daemon.log_text()
         assert log.count(UNREACHABLE) == 1, log
         assert log.count(BACK) == 1, log
