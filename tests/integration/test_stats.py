@@ -461,13 +461,16 @@ def test_metrics_count_runs_by_type_failures_by_reason_and_read_the_queues(
     )
     goophry.wait_settled()
 
-    # The first scrape starts reading the queues; a later one shows them.
-    assert "goophry_queue_length" not in _metrics(stats_address)
-    wait_for(
-        lambda: "goophry_queue_length" in _metrics(stats_address),
-        10,
-        message="the queue gauges, after a scrape",
-    )
+    # Asking for the stats (as above) or the metrics reads the queues from
+    # Redis, at most every 5 s; the gauges show what was read last, so they
+    # come right within one such period after the outcomes are written.
+    def gauges_read_after_settling() -> bool:
+        found = _metrics(stats_address)
+        return "goophry_queue_length" in found and _by_type(
+            found["goophry_failed_entries"], "goophry_failed_entries"
+        ) == {"ok": 0, "bad": 3, "noisy": 1, "idle": 0}
+
+    wait_for(gauges_read_after_settling, 15, message="the queue gauges, after a scrape")
     found = _metrics(stats_address)
     histogram = found["goophry_task_duration_seconds"]
     # One observation per task run; invalid entries never ran.
