@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.logger import Logger, LogLevel
 
+from goophry_tx.config import Config, TaskType
 from goophry_tx.redis import ResponseError
 from goophry_tx.replicas import WAIT_TIMEOUT_MS, ReplicaWait
+from goophry_tx.service import GoophryService
 from tests.unit.fakes import FakeRedisLink, assert_no_result, success_result_of
 from tests.unit.test_consumer import INFLIGHT, QUEUE, blmove, entry, evalsha, make_rig
+from tests.unit.test_service import FakeReactor, LinkService, Spawner, Tree
 
 WAIT = ("WAIT", 2, WAIT_TIMEOUT_MS)
 
@@ -178,3 +182,45 @@ def test_a_write_lost_with_the_connection_is_sent_again_then_waited_for() -> Non
     rig.control.take("WAIT").answer(2)
     assert rig.store.pending == 0
     assert [c[0] for c in rig.control.sent].count("LREM") == 2
+
+
+# The service: one ReplicaWait for the takes and the outcomes, when asked for
+
+
+def service_tree(wait_replicas: int) -> tuple[Tree, dict[str, LinkService]]:
+    reactor = FakeReactor()
+    journal: list[str] = []
+    links: dict[str, LinkService] = {}
+
+    def link(purpose: str) -> LinkService:
+        links[purpose] = LinkService(purpose, journal)
+        return links[purpose]
+
+    config = Config(
+        path="/etc/goophry.json",
+        redis_queue_key="q",
+        tasks=(TaskType("t", "/s/t.sh"), TaskType("u", "/s/u.sh")),
+        redis_wait_replicas=wait_replicas,
+    )
+    service = GoophryService(
+        config,
+        reactor,
+        instance="i1",
+        links=link,  # type: ignore[arg-type]
+        spawner=lambda: Spawner(journal),  # type: ignore[arg-type, return-value]
+    )
+    service.log = Logger(observer=lambda event: None)
+    return Tree(reactor, service, journal), links
+
+
+@pytest.mark.parametrize("wait_replicas", [0, 2])
+def test_the_service_waits_after_a_take_only_when_asked(wait_replicas: int) -> None:
+    t, links = service_tree(wait_replicas)
+    t.started()
+    taker = links["take:0"]
+    taker.reconnect()
+    t.control.take("EVAL").answer(0)
+    taker.take("BLMOVE").answer(entry("a"))
+    sent = [command[0] for command in taker.sent]
+    # One worker: it runs the entry, and takes again only once it is free.
+    assert sent == (["BLMOVE", "WAIT"] if wait_replicas else ["BLMOVE"])
