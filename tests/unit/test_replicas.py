@@ -125,7 +125,8 @@ def test_a_stop_during_the_wait_puts_the_entry_back() -> None:
     rig.start()
     rig.give(entry("a"))
     stopped = rig.consumer.stop()
-    # The unblock ends the WAIT, which then answers with what it has.
+    # CLIENT UNBLOCK does not end a WAIT: it ends within its timeout, with
+    # what it has, and what the take brought goes back unrun.
     rig.control.take("CLIENT").answer(1)
     rig.blocking.take("WAIT").answer(0)
     assert rig.scripts() == []
