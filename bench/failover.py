@@ -2,7 +2,7 @@
 Failover measurement: what a Sentinel failover costs the daemons.
 
 ``python -m bench.failover [--failovers 10] [--entries 2000] [--daemons 2] [--workers 4]
-[--how kill|sentinel] [--json out.json]``
+[--how kill|sentinel] [--wait-replicas 0] [--json out.json]``
 
 Each round starts a master, a replica and three sentinels on loopback ports
 (the suite's own harness, ``tests.helpers.SentinelGroup``), pushes the
@@ -76,6 +76,7 @@ def run_round(directory: Path, opts: argparse.Namespace) -> Round:
             RedisQueueKey=QUEUE_KEY,
             Tasks=[{"Type": "record", "Script": str(script), "Workers": opts.workers}],
             InstanceTimeout=3,
+            RedisWaitReplicas=opts.wait_replicas,
         )
         names = [f"e{i}" for i in range(opts.entries)]
         payloads = [json.dumps({"Args": [name]}) for name in names]
@@ -142,6 +143,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--daemons", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--how", choices=("kill", "sentinel"), default="kill")
+    parser.add_argument(
+        "--wait-replicas", type=int, default=0, help="the daemons' RedisWaitReplicas"
+    )
     parser.add_argument("--json", help="write every round's figures here")
     return parser.parse_args(argv)
 
@@ -164,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pauses = [r.pause for r in rounds]
     print(
         f"{len(rounds)} failovers ({opts.how}), {opts.entries} entries each, {opts.daemons} "
-        f"daemons x {opts.workers} workers: lost={lost} repeated total={sum(repeated)} "
+        f"daemons x {opts.workers} workers, RedisWaitReplicas={opts.wait_replicas}: "
+        f"lost={lost} repeated total={sum(repeated)} "
         f"(max {max(repeated)} in one) pause median={statistics.median(pauses):.2f}s "
         f"max={max(pauses):.2f}s"
     )

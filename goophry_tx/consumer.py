@@ -34,6 +34,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder
 from goophry_tx.process.runner import RunningScript, ScriptRunner
 from goophry_tx.redis import IRedisLink, ResponseError, Retry
+from goophry_tx.replicas import ReplicaWait
 from goophry_tx.task import InvalidEntry, Outcome, Task, parse_entry, payload_text
 
 # Puts back the entries of an in-flight list that this process does not
@@ -219,7 +220,12 @@ class Consumer:
         clock: IReactorTime,
         verbose: bool = False,
         block_timeout: float = 10.0,
+        replicas: ReplicaWait | None = None,
     ) -> None:
+        """
+        @param replicas: with C{RedisWaitReplicas}, what waits for a take to
+            reach the replicas before its entries run.
+        """
         self.task_type = task_type
         self._type = task_type.type
         self._queue = keys.queue(task_type.type)
@@ -231,6 +237,7 @@ class Consumer:
         self._clock = clock
         self._verbose = verbose
         self._block_timeout = block_timeout
+        self._replicas = replicas
         self.state = State.IDLE
         #: Whether the type is paused: the loop holds when it would take.
         self.paused = False
@@ -278,8 +285,23 @@ class Consumer:
             return
         self.state = State.TAKING
         assert self._take is not None
+        d = self._take.take(self._free)
+        if self._replicas is not None:
+            d.addCallback(self._replicated)
         # A raise while starting what was taken is a failed take too.
-        self._take.take(self._free).addCallback(self._took).addErrback(self._take_failed)
+        d.addCallback(self._took).addErrback(self._take_failed)
+
+    def _replicated(
+        self, reply: bytes | list[bytes] | None
+    ) -> Deferred[bytes | list[bytes] | None] | bytes | list[bytes] | None:
+        """
+        Before running what was taken, wait for the take (its move to the
+        in-flight list) to reach the replicas, on the link that made it.
+        """
+        assert self._replicas is not None
+        if not reply:
+            return reply
+        return self._replicas.after(self._blocking, reply)
 
     def _took(self, reply: bytes | list[bytes] | None) -> None:
         if self.state in (State.UNBLOCKING, State.HOLDING):

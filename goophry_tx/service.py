@@ -45,6 +45,7 @@ from goophry_tx.process.spawn import PosixSpawner
 from goophry_tx.recovery import HeartbeatService
 from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, Retry
 from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
+from goophry_tx.replicas import ReplicaWait
 from goophry_tx.schedule import DueEntryMover, RetryTimes
 from goophry_tx.stats import Stats, StatsResource, queue_figures
 from goophry_tx.store import OutcomeStore
@@ -247,6 +248,10 @@ class GoophryService(MultiService):
         self.instance = self._instance or instance_name()
         self.spawner = self._spawner()
         self.runner = ScriptRunner(self.spawner, reactor, config.output_limit, config.kill_grace)
+        # None when 0: no WAIT, and not one more call, on the hot path.
+        self.replicas = (
+            ReplicaWait(config.redis_wait_replicas) if config.redis_wait_replicas else None
+        )
         self.store = OutcomeStore(
             self.control,
             self.keys,
@@ -254,6 +259,7 @@ class GoophryService(MultiService):
             config.failed_tasks_ttl,
             reactor,
             failed_ttls=_failed_ttls(config.tasks),
+            replicas=self.replicas,
         )
         self.notifier = ErrorNotifier(
             self.runner,
@@ -307,6 +313,7 @@ class GoophryService(MultiService):
             clock=self._reactor,
             verbose=self.verbose,
             block_timeout=self.config.block_timeout,
+            replicas=self.replicas,
         )
         if task_type.type in self.stats.paused:
             # A type a reload adds may be paused already.
@@ -341,6 +348,13 @@ class GoophryService(MultiService):
             address=self.health.address,
             key=config.redis_queue_key,
         )
+        if self.replicas is not None:
+            self.log.info(
+                "waiting for {replicas} replicas (WAIT, at most {timeout} ms) after each "
+                "take and each outcome (RedisWaitReplicas)",
+                replicas=self.replicas.replicas,
+                timeout=self.replicas.timeout_ms,
+            )
         if config.stats_interface and config.dashboard_pattern:
             scheme = "https" if config.stats_tls_cert_file else "http"
             self.log.info(

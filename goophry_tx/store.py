@@ -6,7 +6,8 @@ written: a success removes it, a failure moves it to the failed list (with
 the list's EXPIRE, in one MULTI/EXEC), a shutdown puts it back at the head
 of its queue.  A write that meets a lost connection waits for Redis and is
 sent again, so outcomes that finish during an outage are written when
-Redis returns.
+Redis returns.  With C{RedisWaitReplicas}, a write counts as made once
+C{WAIT} has answered after it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 
 from goophry_tx.keys import Keys
 from goophry_tx.redis import Command, IRedisLink, Retry
+from goophry_tx.replicas import ReplicaWait
 from goophry_tx.task import InvalidEntry, Task, failed_entry, payload_text
 
 # Removes each finished entry (ARGV) once from the in-flight list (KEYS[1]).
@@ -56,10 +58,13 @@ class OutcomeStore:
         clock: IReactorTime,
         retry_delay: float = 0.5,
         failed_ttls: Mapping[str, int] | None = None,
+        replicas: ReplicaWait | None = None,
     ) -> None:
         """
         @param failed_ttl: FailedTasksTTL, for the types without their own.
         @param failed_ttls: the types' own FailedTasksTTL.
+        @param replicas: with C{RedisWaitReplicas}, what waits for each
+            write to reach the replicas.
         """
         self._link = link
         self._keys = keys
@@ -69,6 +74,7 @@ class OutcomeStore:
         #: The types' own FailedTasksTTL (set again by a reload).
         self.failed_ttls: dict[str, int] = dict(failed_ttls or {})
         self._clock = clock
+        self._replicas = replicas
         self._retry = Retry(clock, retry_delay)
         self._pending: set[Deferred[None]] = set()
         self._finished: dict[str, list[bytes]] = {}
@@ -111,7 +117,7 @@ class OutcomeStore:
                 d: Deferred[Any] = self._link.execute("LREM", inflight, -1, payloads[0])
             else:
                 d = self._link.execute("EVAL", REMOVE_SCRIPT, 1, inflight, *payloads)
-            d.addCallbacks(written, retry)
+            self._replicated(d).addCallbacks(written, retry)
 
         def written(_: object) -> None:
             self._pending.discard(done)
@@ -214,7 +220,7 @@ class OutcomeStore:
                 d: Deferred[Any] = self._link.transaction(commands)
             else:
                 d = self._link.execute(*commands[0])
-            d.addCallbacks(written, retry)
+            self._replicated(d).addCallbacks(written, retry)
 
         def written(_: object) -> None:
             self._forget(task_type, payload, done)
@@ -238,6 +244,13 @@ class OutcomeStore:
 
         attempt()
         return done
+
+    def _replicated(self, d: Deferred[Any]) -> Deferred[Any]:
+        """With C{RedisWaitReplicas}: once the write C{d} is made, wait for the replicas."""
+        replicas = self._replicas
+        if replicas is None:
+            return d
+        return d.addCallback(lambda reply: replicas.after(self._link, reply))
 
     def _forget(self, task_type: str, payload: bytes, done: Deferred[None]) -> None:
         self._pending.discard(done)

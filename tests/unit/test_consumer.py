@@ -32,6 +32,7 @@ from goophry_tx.keys import Keys
 from goophry_tx.outcomes import OutcomeRecorder, TypeCounters, type_counters
 from goophry_tx.process.runner import ScriptRunner
 from goophry_tx.redis import ResponseError
+from goophry_tx.replicas import ReplicaWait
 from goophry_tx.schedule import RetryTimes
 from goophry_tx.store import OutcomeStore
 from tests.unit.fakes import (
@@ -94,13 +95,14 @@ def make_rig(
     error_script: str | None = None,
     timeout: float = 0.0,
     atomic: bool = True,
+    replicas: ReplicaWait | None = None,
 ) -> Rig:
     clock = Clock()
     processes = MemoryProcessReactor()
     blocking = FakeRedisLink(client_id=b"42")
     control = FakeRedisLink(client_id=b"7")
     keys = Keys("q")
-    store = OutcomeStore(control, keys, "i1", ttl, clock)
+    store = OutcomeStore(control, keys, "i1", ttl, clock, replicas=replicas)
     runner = ScriptRunner(processes, clock, output_limit=100, kill_grace=5.0)
     notifier = ErrorNotifier(runner, error_script, queue_size=10, timeout=30.0)
     task_type = TaskType("t", SCRIPT, workers, timeout)
@@ -122,6 +124,7 @@ def make_rig(
         runner=runner,
         clock=clock,
         block_timeout=10.0,
+        replicas=replicas,
     )
     take = AtomicTake if atomic else AtMostOnceTake
     return Rig(clock, processes, blocking, control, store, counters["t"], consumer, take)
