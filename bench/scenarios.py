@@ -86,6 +86,10 @@ class CommandMeter:
         return {k: v for k, v in sorted(delta.items()) if v}
 
 
+class DaemonExited(RuntimeError):
+    """The daemon under test ended while a drain was being timed."""
+
+
 @dataclass
 class Bench:
     """What every scenario shares: the private Redis, the daemon command, options."""
@@ -197,6 +201,11 @@ class Bench:
         # The original serves only TaskCount (tasks started): a drain ends, for every
         # daemon alike, when N more have started and no child is left.
         while time.monotonic() < deadline:
+            if d.process is not None and not d.process.running():
+                raise DaemonExited(
+                    f"daemon exited with {d.process.proc.returncode} during a drain: "
+                    f"{d.log_tail(300)!r}"
+                )
             counts = d.counts() if base is not None else None
             children = d.children()
             if count_children:
@@ -349,12 +358,22 @@ def _compare(
             o = stack.enter_context(
                 b.daemon(tasks, cmd=b.original_cmd, queue_key=ORIGINAL_QUEUE_KEY)
             )
-        for each in (o, d):
-            if warmup and each is not None:
-                b.drain(each, {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()})
+        warm = {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()}
         for _ in range(repeats):
-            if o is not None:
-                timed(o, origs, drain(o))
+            try:
+                if o is not None and warmup and not origs:
+                    b.drain(o, warm)
+                if o is not None:
+                    timed(o, origs, drain(o))
+            except DaemonExited as e:
+                # The original is measured, not trusted: its crash is a finding, not
+                # the end of the run.
+                note = f"original: at concurrency {concurrency}: {e}"
+                b.notes.append(note)
+                b.log(f"  note: {note}")
+                o = None
+            if warmup and not ours:
+                b.drain(d, warm)
             timed(d, ours, drain(d))
             timed(d, raws, lambda: b.raw(n, concurrency, argv))
     raw_rate = median([r["rate"] for r in raws])
@@ -381,7 +400,9 @@ def _compare(
             original_rate=orig_rate,
             original_ratio_to_raw=orig_rate / raw_rate,
             ours_to_original=our_rate / orig_rate,
-            original_pair_ratios=[o["rate"] / g["rate"] for o, g in zip(ours, origs, strict=True)],
+            original_pair_ratios=[
+                o["rate"] / g["rate"] for o, g in zip(ours[: len(origs)], origs, strict=True)
+            ],
             original_cpu_per_1000_s=median([g["cpu_per_1000_s"] for g in origs]),
             original_peak_rss_kb=max(g["peak_rss_kb"] for g in origs),
         )
