@@ -90,6 +90,14 @@ class DaemonExited(RuntimeError):
     """The daemon under test ended while a drain was being timed."""
 
 
+def _check_alive(d: Daemon) -> None:
+    """Raise L{DaemonExited} if the daemon has ended (the original crashes at times)."""
+    if d.process is not None and not d.process.running():
+        raise DaemonExited(
+            f"daemon exited with {d.process.proc.returncode} during a drain: {d.log_tail(300)!r}"
+        )
+
+
 @dataclass
 class Bench:
     """What every scenario shares: the private Redis, the daemon command, options."""
@@ -193,6 +201,7 @@ class Bench:
         timeout = timeout or max(30.0, n / 100)
         deadline = t0 + timeout
         while time.monotonic() < deadline:
+            _check_alive(d)
             if count_children:
                 peak_children = max(peak_children, len(d.children()))
             if not any(self.rc.pipeline([["LLEN", k] for k in keys])):
@@ -201,11 +210,7 @@ class Bench:
         # The original serves only TaskCount (tasks started): a drain ends, for every
         # daemon alike, when N more have started and no child is left.
         while time.monotonic() < deadline:
-            if d.process is not None and not d.process.running():
-                raise DaemonExited(
-                    f"daemon exited with {d.process.proc.returncode} during a drain: "
-                    f"{d.log_tail(300)!r}"
-                )
+            _check_alive(d)
             counts = d.counts() if base is not None else None
             children = d.children()
             if count_children:
