@@ -4,7 +4,7 @@
 #   make run     run the example daemon in the foreground (examples/run-demo.sh)
 #   make lint    ruff (lint + format check) and mypy --strict on the package
 #   make test    lint, then the whole test suite in parallel
-#   make bench   the benchmark (bench/)
+#   make bench   the benchmark (bench/); ORIGINAL=path adds the Go original beside ours
 #   make screenshots  the dashboard screenshots in docs/screenshots/ (headless Chromium)
 #   make clean   remove caches and build output (keeps .venv; `make distclean` removes it)
 
@@ -60,7 +60,7 @@ screenshots: venv check-redis
 	    tests/browser/test_dashboard.py::test_screenshots_of_every_page
 
 bench: venv check-redis
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(ORIGINAL),--original $(ORIGINAL))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache _trial_temp .demo

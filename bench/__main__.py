@@ -79,6 +79,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"run the plain BLPOP spawner as the daemon ({STANDIN_DAEMON_CMD!r})",
     )
+    p.add_argument(
+        "--original",
+        metavar="PATH",
+        help="the original Go binary, run as a third column beside ours and the raw loop "
+        "(without it the benchmark says so and compares with the raw loop only)",
+    )
     p.add_argument("--results", default=report.RESULTS, help="directory for JSON and PNG")
     p.add_argument("--no-save", action="store_true", help="print only; write no results")
     a = p.parse_args(argv)
@@ -120,8 +126,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
     wanted = SCENARIOS if a.scenario == "all" else (a.scenario,)
-    with scenarios.Bench(a.daemon_cmd) as b:
+    with scenarios.Bench(a.daemon_cmd, original=a.original) as b:
         facts = machine(b)
+        if a.original is None:
+            b.log(f"original: {scenarios.NO_ORIGINAL}")
         for name in wanted:
             t0 = time.monotonic()
             b.log(f"{name} ...")
@@ -142,6 +150,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "duration_s": time.monotonic() - t_start,
         "machine": facts,
         "daemon_cmd": a.daemon_cmd,
+        "original_cmd": b.original_cmd,
         "quick": a.quick,
         "timings_s": timings,
         "notes": notes,

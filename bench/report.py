@@ -7,6 +7,8 @@ import math
 import os
 from typing import Any
 
+from bench.scenarios import NO_ORIGINAL
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 #: Run-to-run noise of a throughput ratio on this kind of machine (PERF-NOTES).
 RATIO_NOISE = 0.03
@@ -53,7 +55,18 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     r256 >= r8 - RATIO_NOISE,
                 )
             )
-    lat = scn.get("latency", {}).get("ours")
+    for w in ("8", "64"):
+        r = tput.get(w, {})
+        if "ours_to_original" in r:
+            v = r["ours_to_original"]
+            out.append(_target(f"throughput Workers={w} / original", v, ">= 1.05", v >= 1.05))
+    latency = scn.get("latency", {})
+    if "original" in latency:
+        p99, mx = latency["ours"]["p99_ms"], latency["ours"]["max_ms"]
+        limit = latency["original"]["p99_ms"]
+        out.append(_target("latency p99 (ms) vs original", p99, f"<= {limit:.2f}", p99 <= limit))
+        out.append(_target("latency max (ms)", mx, "< 10", mx < 10))
+    lat = latency.get("ours")
     if lat:
         out.append(_target("latency p50 (ms)", lat["p50_ms"], "<= 1.3", lat["p50_ms"] <= 1.3))
         out.append(_target("latency p99 (ms)", lat["p99_ms"], "<= 2.0", lat["p99_ms"] <= 2.0))
@@ -87,6 +100,23 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if "256" in cost:
         rss = cost["256"]["peak_rss_mb"]
         out.append(_target("peak RSS at Workers=256 (MB)", rss, "< 60", rss < 60))
+        if "original_cpu_per_1000_s" in cost["256"]:
+            out.append(
+                _target(
+                    "peak RSS at Workers=256 (MB), goal beside the original", rss, "< 45", rss < 45
+                )
+            )
+    for w, c in cost.items():
+        if "original_cpu_per_1000_s" in c:
+            v, limit = c["ours_cpu_per_1000_s"], c["original_cpu_per_1000_s"]
+            out.append(
+                _target(
+                    f"daemon CPU s per 1000 tasks (Workers={w}) vs original",
+                    v,
+                    f"<= {limit:.3f}",
+                    v <= limit,
+                )
+            )
     for w in ("8", "256"):
         if w in cost:
             v = cost[w]["ours_cpu_per_1000_s"]
@@ -161,23 +191,29 @@ def render(doc: dict[str, Any]) -> str:
         f"Redis {m['redis']}; load {m['loadavg']})",
         f"daemon: {doc['daemon_cmd']}",
     ]
+    parts.append(f"original: {doc.get('original_cmd') or NO_ORIGINAL}")
     if "throughput" in scn:
         t = scn["throughput"]
-        rows = [
-            [
-                w,
-                r["raw_rate"],
-                r["ours_rate"],
-                r["ratio"],
-                " ".join(f"{x:.2f}" for x in r["pair_ratios"]),
-                r["other_load_cores"],
-            ]
-            for w, r in t["by_workers"].items()
-        ]
+        with_original = all("original_rate" in r for r in t["by_workers"].values())
+        rows = []
+        for w, r in t["by_workers"].items():
+            row = [w, r["raw_rate"], r["ours_rate"], r["ratio"]]
+            row.append(" ".join(f"{x:.2f}" for x in r["pair_ratios"]))
+            if with_original:
+                row[2:2] = [r["original_rate"]]
+                row += [
+                    r["ours_to_original"],
+                    " ".join(f"{x:.2f}" for x in r["original_pair_ratios"]),
+                ]
+            rows.append([*row, r["other_load_cores"]])
+        header = ["Workers", "raw/s", "ours/s", "ours/raw", "per pair"]
+        if with_original:
+            header[2:2] = ["original/s"]
+            header += ["ours/original", "per pair"]
         parts.append(
             _table(
                 f"throughput: N={t['n']} /bin/true, {t['repeats']} alternations",
-                ["Workers", "raw/s", "ours/s", "ratio", "per pair", "other load"],
+                [*header, "other load"],
                 rows,
             )
         )
@@ -196,7 +232,7 @@ def render(doc: dict[str, Any]) -> str:
         ]
         parts.append(
             _table(
-                "cost per task (Go original: 0.15-0.26 CPU s per 1000 tasks)",
+                "cost per task (Go original, earlier runs: 0.15-0.28 CPU s per 1000 tasks)",
                 [
                     "Workers",
                     "CPU s/1000",
@@ -209,6 +245,37 @@ def render(doc: dict[str, Any]) -> str:
                 rows,
             )
         )
+        originals = {
+            w: c for w, c in scn["cost"]["by_workers"].items() if "original_cpu_per_1000_s" in c
+        }
+        if originals:
+            rows = [
+                [
+                    w,
+                    c["original_cpu_per_1000_s"],
+                    c["ours_cpu_per_1000_s"],
+                    c["ours_cpu_per_1000_s"] / c["original_cpu_per_1000_s"],
+                    c["original_peak_rss_mb"],
+                    c["peak_rss_mb"],
+                    c["peak_rss_mb"] / c["original_peak_rss_mb"],
+                ]
+                for w, c in originals.items()
+            ]
+            parts.append(
+                _table(
+                    "cost beside the original, same run",
+                    [
+                        "Workers",
+                        "original CPU s/1000",
+                        "ours CPU s/1000",
+                        "ours/original",
+                        "original RSS MB",
+                        "ours RSS MB",
+                        "ours/original",
+                    ],
+                    rows,
+                )
+            )
     if "latency" in scn:
         lat = scn["latency"]
         rows = [
@@ -220,15 +287,23 @@ def render(doc: dict[str, Any]) -> str:
                 lat[who]["max_ms"],
                 lat[who]["n"],
                 lat[who]["missing"],
+                lat[who].get("other_load_cores", float("nan")),
             ]
-            for who in ("ours", "blpop", "floor")
+            for who in ("original", "ours", "blpop", "floor")
+            if who in lat
         ]
+        vs_original = (
+            f"; ours/original p50 {lat['ratio_p50_to_original']:.2f}, "
+            f"p99 {lat['ratio_p99_to_original']:.2f}"
+            if "original" in lat
+            else ""
+        )
         parts.append(
             _table(
                 f"latency push -> start (ms) at {lat['rate_per_s']:.0f}/s; ours/BLPOP p50 "
                 f"{lat['ratio_p50_to_blpop']:.2f}, p99 {lat['ratio_p99_to_blpop']:.2f}; "
-                f"ours - floor p50 {lat['ours_over_floor_p50_ms']:.2f} ms",
-                ["who", "p50", "p90", "p99", "max", "n", "lost"],
+                f"ours - floor p50 {lat['ours_over_floor_p50_ms']:.2f} ms{vs_original}",
+                ["who", "p50", "p90", "p99", "max", "n", "lost", "other load"],
                 rows,
             )
         )
@@ -344,8 +419,11 @@ def plot(doc: dict[str, Any], path: str) -> str:
         x = range(len(ws))
         raw = [tput[str(w)]["raw_rate"] for w in ws]
         ours = [tput[str(w)]["ours_rate"] for w in ws]
+        orig = [tput[str(w)].get("original_rate", 0.0) for w in ws]
         ax1.bar([i - 0.2 for i in x], raw, 0.4, label="raw posix_spawn loop", color="0.6")
         ax1.bar([i + 0.2 for i in x], ours, 0.4, label="goophry", color="tab:blue")
+        if any(orig):
+            ax1.plot(list(x), orig, "D", color="tab:orange", label="Go original")
         for i, w in enumerate(ws):
             ax1.annotate(
                 f"{tput[str(w)]['ratio']:.2f}",
@@ -358,11 +436,13 @@ def plot(doc: dict[str, Any], path: str) -> str:
         ax1.set_xlabel("Workers (raw: same concurrency)")
         ax1.set_ylabel("tasks/s (/bin/true)")
         ax1.set_title("throughput (label: ratio to raw)")
-        ax1.set_ylim(0, max(raw + ours) * 1.25)
+        ax1.set_ylim(0, max(raw + ours + orig) * 1.25)
         ax1.legend(loc="upper left")
     lat = scn.get("latency")
     if lat:
         labels = {"ours": "goophry", "blpop": "plain BLPOP spawner", "floor": "bare spawn"}
+        if "original" in lat:
+            labels["original"] = "Go original"
         for who, label in labels.items():
             xs = sorted(lat[who]["samples_ms"])
             if xs:

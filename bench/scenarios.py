@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -12,14 +13,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Daemon, TaskSpec
+from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Counts, Daemon, TaskSpec
 from bench.inotify import CreationWatcher
 from goophry_tx.keys import Keys
 from tests.helpers import RedisConnection, RedisServer, encode_command
@@ -33,11 +34,19 @@ POLL_S = 0.02
 TAIL_POLL_S = 0.01
 METHOD = (
     "daemon started, warmed up and idle (blocked on Redis); N entries pushed with pipelined "
-    "RPUSH (1000 per command); timed from just before the push until the stats show "
-    "Succeeded+Failed+Invalid grown by N (LLEN polled every 20 ms until the queue is empty, "
-    "then stats every 10 ms); without stats: until the queue is empty and the daemon has no "
-    "children. Raw reference: a fresh `python -m bench.raw` process, timed inside. The two "
-    "alternate (raw, ours, raw, ours, ...); figures are medians."
+    "RPUSH (1000 per command); timed from just before the push until the queue is empty "
+    "(LLEN polled every 20 ms), the stats show TaskCount (tasks started) grown by N and the "
+    "daemon has no child left (every 10 ms): the one rule the original's stats allow, "
+    "applied to both daemons (without stats: queue empty and no child). Raw reference: a "
+    "fresh `python -m bench.raw` process, timed inside. They alternate (original, ours, raw, "
+    "...), each daemon on a queue of its own; figures are medians."
+)
+#: The original's command line (its path is filled in first).
+ORIGINAL_CMD = "{original} -c {{config}}"
+#: Printed and recorded when the benchmark runs without the original.
+NO_ORIGINAL = (
+    "not given (--original PATH, make bench ORIGINAL=PATH): no comparison with the Go "
+    "daemon in this run"
 )
 
 
@@ -77,11 +86,25 @@ class CommandMeter:
         return {k: v for k, v in sorted(delta.items()) if v}
 
 
+class DaemonExited(RuntimeError):
+    """The daemon under test ended while a drain was being timed."""
+
+
+def _check_alive(d: Daemon) -> None:
+    """Raise L{DaemonExited} if the daemon has ended (the original crashes at times)."""
+    if d.process is not None and not d.process.running():
+        raise DaemonExited(
+            f"daemon exited with {d.process.proc.returncode} during a drain: {d.log_tail(300)!r}"
+        )
+
+
 @dataclass
 class Bench:
     """What every scenario shares: the private Redis, the daemon command, options."""
 
     daemon_cmd: str
+    #: The original Go binary's absolute path, run beside ours when given.
+    original: str | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="goophry-bench-"))
     redis: RedisServer | None = None
     client: RedisConnection | None = None
@@ -117,12 +140,25 @@ class Bench:
         """The private server's version."""
         return self.rc.info("server").get("redis_version", "?")
 
+    @property
+    def original_cmd(self) -> str | None:
+        """The command that runs the original, or None when it was not given."""
+        if self.original is None:
+            return None
+        return ORIGINAL_CMD.format(original=shlex.quote(os.path.abspath(self.original)))
+
     @contextmanager
-    def daemon(self, tasks: list[TaskSpec], cmd: str | None = None) -> Iterator[Daemon]:
+    def daemon(
+        self, tasks: list[TaskSpec], cmd: str | None = None, queue_key: str = Daemon.queue_key
+    ) -> Iterator[Daemon]:
         """A started daemon for a block; stopped (SIGTERM) and Redis flushed after."""
         assert self.redis is not None
         d = Daemon(
-            cmd or self.daemon_cmd, tempfile.mkdtemp(dir=self.workdir), self.redis.port, tasks
+            cmd or self.daemon_cmd,
+            tempfile.mkdtemp(dir=self.workdir),
+            self.redis.port,
+            tasks,
+            queue_key=queue_key,
         )
         d.start(self.rc)
         try:
@@ -132,7 +168,7 @@ class Bench:
             if cmd is None:
                 self.stops.append((d.exit_code, d.stop_s))
             self.rc.call("FLUSHALL")
-            label = "reference spawner" if cmd == STANDIN_DAEMON_CMD else "daemon"
+            label = {STANDIN_DAEMON_CMD: "reference spawner", None: "daemon"}.get(cmd, "original")
             for note in d.notes:
                 if cmd is not None and note == NO_STATS:
                     continue  # expected of the reference, and it times no drains
@@ -165,26 +201,29 @@ class Bench:
         timeout = timeout or max(30.0, n / 100)
         deadline = t0 + timeout
         while time.monotonic() < deadline:
+            _check_alive(d)
             if count_children:
                 peak_children = max(peak_children, len(d.children()))
             if not any(self.rc.pipeline([["LLEN", k] for k in keys])):
                 break
             time.sleep(POLL_S)
-        counts = base
+        # The original serves only TaskCount (tasks started): a drain ends, for every
+        # daemon alike, when N more have started and no child is left.
         while time.monotonic() < deadline:
+            _check_alive(d)
+            counts = d.counts() if base is not None else None
+            children = d.children()
             if count_children:
-                peak_children = max(peak_children, len(d.children()))
-            if base is not None:
-                counts = d.counts()
-                if counts is not None and counts.finished - base.finished >= n:
-                    break
-            elif not d.children():
+                peak_children = max(peak_children, len(children))
+            started = base is None or (counts is not None and counts.started - base.started >= n)
+            if started and not children:
                 break
             time.sleep(TAIL_POLL_S)
         else:
             raise RuntimeError(f"daemon did not finish {n} tasks in {timeout:.0f} s")
         wall = time.monotonic() - t0
         cpu = d.cpu_s() - cpu0
+        counts = self._outcomes(d, base, n, deadline)
         commands = meter.stop()
         result: dict[str, Any] = {
             "n": n,
@@ -194,9 +233,9 @@ class Bench:
             "cpu_per_1000_s": cpu * 1000 / n,
             "redis_commands": commands,
             "peak_rss_kb": d.peak_rss_kb(),
-            "completion": "stats" if base is not None else "llen+children",
+            "completion": "llen+taskcount+children" if base is not None else "llen+children",
         }
-        if base is not None and counts is not None:
+        if base is not None and counts is not None and counts.finished:
             ok = counts.succeeded - base.succeeded
             result.update(
                 succeeded=ok,
@@ -209,6 +248,19 @@ class Bench:
         if count_children:
             result["peak_children"] = peak_children
         return result
+
+    def _outcomes(self, d: Daemon, base: Counts | None, n: int, deadline: float) -> Counts | None:
+        """The counters once every outcome is written (after the timing: ours only).
+
+        The original serves no outcome counters; its figures stay as they are.
+        """
+        counts = d.counts() if base is not None else None
+        while base is not None and counts is not None and counts.finished:
+            if counts.finished - base.finished >= n or time.monotonic() > deadline:
+                break
+            time.sleep(TAIL_POLL_S)
+            counts = d.counts()
+        return counts
 
     @contextmanager
     def other_load(self, d: Daemon) -> Iterator[Callable[[], float]]:
@@ -272,6 +324,10 @@ def _spread(
     return {t: make(n // len(types) + (i < n % len(types))) for i, t in enumerate(types)}
 
 
+#: The original's queue key: both daemons stay up through a comparison, each on its own queue.
+ORIGINAL_QUEUE_KEY = "bench-original"
+
+
 def _compare(
     b: Bench,
     tasks: list[TaskSpec],
@@ -282,20 +338,49 @@ def _compare(
     count_children: bool = False,
     warmup: int = 0,
 ) -> dict[str, Any]:
-    """Alternate raw and ours C{repeats} times with one daemon; medians and ratios."""
+    """Alternate the original (when given), ours and raw C{repeats} times; medians, ratios.
+
+    Each daemon is started once per comparison (the original exits when its Redis link
+    breaks, so it is never reused across scenarios).
+    """
     n = sum(len(v) for v in pushes.values())
     raws: list[dict[str, Any]] = []
     ours: list[dict[str, Any]] = []
-    with b.daemon(tasks) as d:
-        if warmup:
-            b.drain(d, {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()})
+    origs: list[dict[str, Any]] = []
+
+    def timed(d: Daemon, into: list[dict[str, Any]], run: Callable[[], dict[str, Any]]) -> None:
+        with b.other_load(d) as load:
+            into.append(run())
+        into[-1]["other_load_cores"] = load()
+
+    def drain(d: Daemon) -> Callable[[], dict[str, Any]]:
+        return lambda: b.drain(d, pushes, count_children=count_children)
+
+    with ExitStack() as stack:
+        d = stack.enter_context(b.daemon(tasks))
+        o = None
+        if b.original_cmd is not None:
+            o = stack.enter_context(
+                b.daemon(tasks, cmd=b.original_cmd, queue_key=ORIGINAL_QUEUE_KEY)
+            )
+        warm = {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()}
         for _ in range(repeats):
-            with b.other_load(d) as load:
-                raws.append(b.raw(n, concurrency, argv))
-            raws[-1]["other_load_cores"] = load()
-            with b.other_load(d) as load:
-                ours.append(b.drain(d, pushes, count_children=count_children))
-            ours[-1]["other_load_cores"] = load()
+            try:
+                if o is not None and warmup and not origs:
+                    b.drain(o, warm)
+                if o is not None:
+                    timed(o, origs, drain(o))
+            except DaemonExited as e:
+                # The original is measured, not trusted: its crash is a finding, not
+                # the end of the run.
+                note = f"original: at concurrency {concurrency}: {e}"
+                b.notes.append(note)
+                b.log(f"  note: {note}")
+                o = None
+            if warmup and not ours:
+                b.drain(d, warm)
+            timed(d, ours, drain(d))
+            timed(d, raws, lambda: b.raw(n, concurrency, argv))
     raw_rate = median([r["rate"] for r in raws])
     our_rate = median([r["rate"] for r in ours])
     out: dict[str, Any] = {
@@ -311,9 +396,22 @@ def _compare(
         "commands_per_task": median([o["commands_per_task"] for o in ours]),
         "peak_rss_kb": max(o["peak_rss_kb"] for o in ours),
         "failed": sum(o.get("failed", 0) + o.get("invalid", 0) for o in ours),
-        "other_load_cores": max(x["other_load_cores"] for x in raws + ours),
+        "other_load_cores": max(x["other_load_cores"] for x in raws + ours + origs),
         "runs": {"raw": raws, "ours": ours},
     }
+    if origs:
+        orig_rate = median([r["rate"] for r in origs])
+        out.update(
+            original_rate=orig_rate,
+            original_ratio_to_raw=orig_rate / raw_rate,
+            ours_to_original=our_rate / orig_rate,
+            original_pair_ratios=[
+                o["rate"] / g["rate"] for o, g in zip(ours[: len(origs)], origs, strict=True)
+            ],
+            original_cpu_per_1000_s=median([g["cpu_per_1000_s"] for g in origs]),
+            original_peak_rss_kb=max(g["peak_rss_kb"] for g in origs),
+        )
+        out["runs"]["original"] = origs
     if count_children:
         out["peak_children"] = max(o["peak_children"] for o in ours)
     return out
@@ -328,9 +426,14 @@ def throughput(b: Bench, workers: Sequence[int], n: int, repeats: int) -> dict[s
             b, [TaskSpec("t0", TRUE, w)], {"t0": true_entries(n)}, w, repeats, warmup=min(n, 500)
         )
         by_workers[str(w)] = r
+        original = (
+            f"original {r['original_rate']:.0f}/s, ours/original {r['ours_to_original']:.2f}, "
+            if "original_rate" in r
+            else ""
+        )
         b.log(
             f"  Workers={w}: raw {r['raw_rate']:.0f}/s, ours {r['ours_rate']:.0f}/s, "
-            f"ratio {r['ratio']:.2f} ({time.monotonic() - t0:.1f} s)"
+            f"{original}ratio to raw {r['ratio']:.2f} ({time.monotonic() - t0:.1f} s)"
         )
     return {"method": METHOD, "n": n, "repeats": repeats, "by_workers": by_workers}
 
@@ -354,6 +457,11 @@ def cost(tput: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": r["peak_rss_kb"] / 1024,
             "child_cpu_per_task_ms": r["child_cpu_per_task_ms"],
         }
+        if "original_rate" in r:
+            out["by_workers"][w].update(
+                original_cpu_per_1000_s=r["original_cpu_per_1000_s"],
+                original_peak_rss_mb=r["original_peak_rss_kb"] / 1024,
+            )
     return out
 
 
@@ -452,13 +560,21 @@ def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) 
         return t
 
     series: dict[str, list[float]] = {"ours": [], "blpop": [], "floor": []}
+    # The original first, restarted for each round like the others.
+    daemons: list[tuple[str, str | None]] = [("blpop", STANDIN_DAEMON_CMD), ("ours", None)]
+    if b.original_cmd is not None:
+        series["original"] = []
+        daemons.insert(0, ("original", b.original_cmd))
     missing = dict.fromkeys(series, 0)
+    #: Cores other processes took while each daemon was measured (max over rounds).
+    busy: dict[str, float] = {}
     per = max(1, samples // rounds)
     try:
         for r in range(rounds):
-            for who, cmd in (("blpop", STANDIN_DAEMON_CMD), ("ours", None)):
-                with b.daemon(tasks, cmd=cmd):
+            for who, cmd in daemons:
+                with b.daemon(tasks, cmd=cmd) as d, b.other_load(d) as load:
                     got = _latency_run(b, watcher, directory, f"{who}{r}", per, rate, push_redis)
+                busy[who] = max(busy.get(who, 0.0), load())
                 series[who] += got["samples_ms"]
                 missing[who] += got["missing"]
         got = _latency_run(b, watcher, directory, "floor", per, rate, spawn_direct)
@@ -475,9 +591,13 @@ def latency(b: Bench, rate: float, samples: int, rounds: int, workers: int = 8) 
     }
     for who, lat in series.items():
         out[who] = {**_summary(lat), "missing": missing[who], "samples_ms": lat}
+        out[who]["other_load_cores"] = busy.get(who, float("nan"))
     out["ratio_p50_to_blpop"] = out["ours"]["p50_ms"] / out["blpop"]["p50_ms"]
     out["ratio_p99_to_blpop"] = out["ours"]["p99_ms"] / out["blpop"]["p99_ms"]
     out["ours_over_floor_p50_ms"] = out["ours"]["p50_ms"] - out["floor"]["p50_ms"]
+    if "original" in out:
+        out["ratio_p50_to_original"] = out["ours"]["p50_ms"] / out["original"]["p50_ms"]
+        out["ratio_p99_to_original"] = out["ours"]["p99_ms"] / out["original"]["p99_ms"]
     return out
 
 

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner
 
+    from goophry_tx.heap import freeze_when_running
     from goophry_tx.logs import make_observer
     from goophry_tx.service import build_service
     from goophry_tx.startup import log_warnings
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(listen_error_text(e), file=sys.stderr)
         return 1
     reactor.callWhenRunning(service.startService)
+    freeze_when_running(reactor)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

@@ -89,8 +89,10 @@ class GoophryServiceMaker:
     def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
+        from goophry_tx.heap import freeze_when_running
         from goophry_tx.service import build_service
 
+        freeze_when_running(reactor)
         return build_service(options["loaded"], reactor, verbose=bool(options["verbose"]))
 
 
