@@ -614,17 +614,10 @@ async def failed_purge(
 # Scheduled entries
 
 
-@attrs.frozen
-class ScheduledEntry:
-    """One entry of a scheduled set, at C{index} (by due time) when it was read."""
+class _Decoded:
+    """What an entry's raw JSON holds, for the classes that keep it in C{raw}."""
 
-    index: int
     raw: bytes
-    due: float
-
-    @property
-    def id(self) -> str:
-        return entry_id(self.raw)
 
     @property
     def fields(self) -> dict[str, Any] | None:
@@ -638,6 +631,19 @@ class ScheduledEntry:
     def args(self) -> list[Any] | None:
         args = (self.fields or {}).get("Args")
         return args if isinstance(args, list) else None
+
+
+@attrs.frozen
+class ScheduledEntry(_Decoded):
+    """One entry of a scheduled set, at C{index} (by due time) when it was read."""
+
+    index: int
+    raw: bytes
+    due: float
+
+    @property
+    def id(self) -> str:
+        return entry_id(self.raw)
 
     @property
     def attempt(self) -> int | None:
@@ -695,7 +701,7 @@ async def scheduled_remove(link: IRedisLink, keys: Keys, task_type: str, ref: En
 
 
 @attrs.frozen
-class InflightEntry:
+class InflightEntry(_Decoded):
     """An entry an instance has taken and not finished."""
 
     instance: str
@@ -703,19 +709,6 @@ class InflightEntry:
     type: str
     position: int
     raw: bytes
-
-    @property
-    def fields(self) -> dict[str, Any] | None:
-        try:
-            fields = json.loads(self.raw)
-        except ValueError:
-            return None
-        return fields if isinstance(fields, dict) else None
-
-    @property
-    def args(self) -> list[Any] | None:
-        args = (self.fields or {}).get("Args")
-        return args if isinstance(args, list) else None
 
     @property
     def recoveries(self) -> int:
