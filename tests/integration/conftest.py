@@ -15,12 +15,16 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import endpoints, reactor
 
+from goophry_tx.ctl import FirstAttempt
+from goophry_tx.redis import RedisLink
 from tests.helpers import (
     STARTED,
     DaemonProcess,
@@ -107,3 +111,15 @@ def next_message(sock: socket.socket, timeout: float = 15.0) -> str:
         message = sock.recv(4096).decode()
         if not message.startswith("STATUS=") or "\n" in message:
             return message
+
+
+@pytest_twisted.async_yield_fixture
+async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
+    """A started link to the test's Redis, ready when the test starts."""
+    health = FirstAttempt(reactor, redis.address)
+    endpoint = endpoints.HostnameEndpoint(reactor, redis.host, redis.port, timeout=5)
+    new = RedisLink(reactor, endpoint, health, name="test")
+    new.startService()
+    await health.ready.addTimeout(10.0, reactor)
+    yield new
+    await new.stopService()

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor
+from twisted.internet import reactor
 
 from goophry_tx import operations
-from goophry_tx.ctl import FirstAttempt
 from goophry_tx.dashboard.history import TTL, HistoryWriter, read_history
 from goophry_tx.keys import Keys
 from goophry_tx.redis import RedisLink
@@ -22,17 +21,6 @@ from tests.integration.conftest import Goophry, http_get
 pytestmark = pytest.mark.integration
 
 WAIT = 10.0
-
-
-@pytest_twisted.async_yield_fixture
-async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
-    health = FirstAttempt(reactor, redis.address)
-    endpoint = endpoints.HostnameEndpoint(reactor, redis.host, redis.port, timeout=5)
-    new = RedisLink(reactor, endpoint, health, name="test")
-    new.startService()
-    await health.ready.addTimeout(WAIT, reactor)
-    yield new
-    await new.stopService()
 
 
 @pytest_twisted.ensureDeferred

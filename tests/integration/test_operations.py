@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor
 
 from goophry_tx import operations
-from goophry_tx.ctl import FirstAttempt
 from goophry_tx.keys import Keys
 from goophry_tx.operations import EntryRef, FailedEntry, OperationError
 from goophry_tx.redis import RedisLink
@@ -20,17 +17,6 @@ from tests.helpers import RedisServer
 pytestmark = pytest.mark.integration
 
 WAIT = 10.0
-
-
-@pytest_twisted.async_yield_fixture
-async def link(redis: RedisServer) -> AsyncIterator[RedisLink]:
-    health = FirstAttempt(reactor, redis.address)
-    endpoint = endpoints.HostnameEndpoint(reactor, redis.host, redis.port, timeout=5)
-    new = RedisLink(reactor, endpoint, health, name="test")
-    new.startService()
-    await health.ready.addTimeout(WAIT, reactor)
-    yield new
-    await new.stopService()
 
 
 def failed_record(*args: str, **fields: Any) -> bytes:
