@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from goophry_tx.heap import freeze_when_running
     from goophry_tx.logs import make_observer
+    from goophry_tx.process.spawn import discard_child_signals
     from goophry_tx.service import build_service
     from goophry_tx.startup import log_warnings
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     reactor.callWhenRunning(service.startService)
     freeze_when_running(reactor)
+    discard_child_signals(reactor)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

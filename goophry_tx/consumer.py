@@ -414,11 +414,16 @@ class Consumer:
             return
         self._outcomes.started(entry)
         task_type = self.task_type
-        run = self._runner.run(task_type.script, entry.args, task_type.timeout, env)
+        run = self._runner.run(
+            task_type.script,
+            entry.args,
+            task_type.timeout,
+            env,
+            on_done=lambda outcome: self._finished(outcome, entry, key),
+        )
         key = id(run)
         # Holds a worker until _finished frees it.
         self._running[key] = (entry, run)
-        run.done.addCallback(self._finished, entry, key)
 
     def _finished(self, outcome: Outcome, task: Task, key: int) -> None:
         # The one place a worker is freed.

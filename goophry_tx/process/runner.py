@@ -11,15 +11,16 @@ shell ever sees an argument.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from goophry_tx.process.spawn import SpawnError
+from goophry_tx.process.spawn import IExitStatusReceiver, SpawnError
 from goophry_tx.task import Outcome, start_error
 
 
@@ -35,8 +36,13 @@ def _wait_error(script: str, error: OSError) -> str:
     return f"wait: {reason} (the exit status of {script} is lost)"
 
 
+@implementer(IExitStatusReceiver)
 class _ScriptProtocol(ProcessProtocol):
-    """Collects a script's output, bounded, and its end."""
+    """
+    Collects a script's output, bounded, and its end: from L{PosixSpawner}
+    as a wait status (L{childExited}), from any other process reactor as
+    C{processExited}.
+    """
 
     def __init__(self, run: RunningScript, limit: int) -> None:
         self._run = run
@@ -55,6 +61,17 @@ class _ScriptProtocol(ProcessProtocol):
         else:
             self.truncated += len(data)
 
+    def childExited(self, status: int | ChildProcessError) -> None:
+        if isinstance(status, ChildProcessError):
+            self._ended(None, None, _wait_error(self._run._script, status))
+        elif os.WIFSIGNALED(status):
+            self._ended(None, os.WTERMSIG(status))
+        else:
+            self._ended(os.WEXITSTATUS(status), None)
+
+    def _ended(self, exit_code: int | None, sig: int | None, lost: str | None = None) -> None:
+        self._run._exited(exit_code, sig, b"".join(self._chunks), self.truncated, lost)
+
     def processExited(self, reason: Failure) -> None:
         # The exit, not the end of the pipes: a grandchild may hold those.
         value = reason.value
@@ -69,7 +86,7 @@ class _ScriptProtocol(ProcessProtocol):
             lost = _wait_error(self._run._script, value)
         else:
             exit_code, sig = 0, None
-        self._run._exited(exit_code, sig, b"".join(self._chunks), self.truncated, lost)
+        self._ended(exit_code, sig, lost)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -78,20 +95,33 @@ class RunningScript:
     """
     One script run: its outcome to come, and a way to stop it early.
 
-    @ivar done: fires with the run's L{Outcome}, never with a failure.
     @ivar pid: the child's pid when the spawn returned it at once, else
         C{None}.
     @ivar stopped: L{stop} was called before the run finished.
+    @ivar outcome: the run's L{Outcome} once it has finished, else C{None}.
     """
 
     def __init__(
-        self, clock: IReactorTime, started: float, kill_grace: float, script: str = ""
+        self,
+        clock: IReactorTime,
+        started: float,
+        kill_grace: float,
+        script: str = "",
+        on_done: Callable[[Outcome], object] | None = None,
     ) -> None:
+        """
+        @param on_done: called with the L{Outcome} when the run ends, before
+            L{done} fires.
+        """
         self._clock = clock
         self._script = script
         self._started = started
         self._kill_grace = kill_grace
-        self.done: Deferred[Outcome] = Deferred()
+        self._on_done = on_done
+        self._done: Deferred[Outcome] | None = None
+        self.outcome: Outcome | None = None
+        #: In L{ScriptRunner.run}: an outcome now is told once it has returned.
+        self._starting = True
         self.protocol: _ScriptProtocol | None = None
         self.pid: int | None = None
         self._timed_out: float | None = None
@@ -100,9 +130,32 @@ class RunningScript:
         self.stopped = False
 
     @property
+    def done(self) -> Deferred[Outcome]:
+        """
+        Fires with the run's L{Outcome}, never with a failure.  Made when
+        first asked for: a caller that gave C{on_done} makes none.
+        """
+        if self._done is None:
+            self._done = Deferred() if self.outcome is None else succeed(self.outcome)
+        return self._done
+
+    @property
     def finished(self) -> bool:
-        """Whether L{done} has fired."""
-        return self.done.called
+        """Whether the run has ended (L{done} has fired, or would have)."""
+        return self.outcome is not None
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        if not self._starting:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Tell C{on_done} and L{done} of the outcome."""
+        assert self.outcome is not None
+        if self._on_done is not None:
+            self._on_done(self.outcome)
+        if self._done is not None and not self._done.called:
+            self._done.callback(self.outcome)
 
     def _signal(self, name: str) -> None:
         protocol = self.protocol
@@ -139,7 +192,7 @@ class RunningScript:
         if self._killer is not None:
             self._killer.cancel()
             self._killer = None
-        self.done.callback(Outcome(start_error=start_error(self._script, error)))
+        self._finish(Outcome(start_error=start_error(self._script, error)))
 
     def _exited(
         self,
@@ -171,7 +224,7 @@ class RunningScript:
             timed_out=self._timed_out,
             duration=self._clock.seconds() - self._started,
         )
-        self.done.callback(outcome)
+        self._finish(outcome)
 
 
 class ScriptRunner:
@@ -207,6 +260,7 @@ class ScriptRunner:
         args: tuple[str, ...],
         timeout: float = 0.0,
         env: Mapping[str, str] | None = None,
+        on_done: Callable[[Outcome], object] | None = None,
     ) -> RunningScript:
         """
         Start C{script} with C{args}.  Its C{done} fires with an L{Outcome},
@@ -215,8 +269,11 @@ class ScriptRunner:
         @param timeout: seconds after which the script's group gets SIGTERM,
             then SIGKILL after the grace; 0 for none.
         @param env: variables set for this run only, over the environment.
+        @param on_done: called with the L{Outcome} when the run ends (at
+            once, for a script that cannot start): a plain call, where
+            C{done} would be a L{Deferred} per run.
         """
-        run = RunningScript(self._clock, self._clock.seconds(), self.kill_grace, script)
+        run = RunningScript(self._clock, self._clock.seconds(), self.kill_grace, script, on_done)
         protocol = _ScriptProtocol(run, self.output_limit)
         run.protocol = protocol
         try:
@@ -224,9 +281,15 @@ class ScriptRunner:
                 protocol, script, [script, *args], env={**self._environ, **env} if env else None
             )
         except (OSError, ValueError, UnicodeError) as e:
-            run.done = succeed(Outcome(start_error=start_error(script, e)))
-            return run
-        run.pid = transport.pid
-        if timeout > 0 and not run.finished:
+            run._finish(Outcome(start_error=start_error(script, e)))
+        else:
+            run.pid = transport.pid
+        run._starting = False
+        if run.finished:
+            # It could not start: C{on_done} is told on the next turn, once
+            # the caller holds the run, never from inside this call.
+            if on_done is not None:
+                self._clock.callLater(0, run._deliver)
+        elif timeout > 0:
             run._timer = self._clock.callLater(timeout, run._time_out, timeout)
         return run

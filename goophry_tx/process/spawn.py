@@ -39,11 +39,12 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessProtocol,
     IProcessTransport,
+    IReactorCore,
     IReactorProcess,
     IReadDescriptor,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from goophry_tx.process import libc_spawn
 from goophry_tx.process.libc_spawn import LibcSpawner
@@ -81,6 +82,23 @@ class SpawnReactor(Protocol):
     ) -> None: ...
 
 
+class IExitStatusReceiver(Interface):
+    """
+    A process protocol that takes its child's end as the wait status, not
+    as C{processExited}/C{processEnded} with a L{Failure}: L{PosixSpawner}
+    then calls L{childExited} in their place, which spares a Failure and an
+    exception per child.  A child that could not be started still ends
+    with C{processExited} (a L{SpawnError}).
+    """
+
+    def childExited(status: int | ChildProcessError) -> None:
+        """
+        The child has gone, and its output has been delivered: C{status} is
+        its wait status (C{os.waitpid}'s), or the C{ChildProcessError} of a
+        C{waitpid} that found it reaped already.
+        """
+
+
 class SpawnError(Exception):
     """
     The child could not be started.
@@ -105,6 +123,27 @@ def _ignored_signals() -> tuple[int, ...]:
             # have been set to SIG_IGN through Python either.
             pass
     return tuple(sorted(ignored))
+
+
+def discard_child_signals(reactor: IReactorCore) -> None:
+    """
+    Once C{reactor} runs, have the kernel discard C{SIGCHLD} (its default
+    action) instead of Twisted's handler catching it.
+
+    Twisted catches C{SIGCHLD} to reap the children of its own
+    C{spawnProcess}; the daemon starts none (L{PosixSpawner} reaps its
+    children by their pipe and pidfd), yet each child's exit would cost a
+    signal delivery, a Python handler call, a write and a read of the
+    reactor's wake-up pipe and a turn of the loop: about a tenth of the
+    daemon's CPU per task.  C{SIG_DFL}, not C{SIG_IGN}: an ignored
+    C{SIGCHLD} makes the kernel reap children itself, and their exit
+    statuses would be lost.
+
+    Called at the edge (the command line, the twistd plugin, the .tac),
+    after Twisted has installed its handlers, never by the service itself:
+    a test process may use C{spawnProcess}.
+    """
+    reactor.callWhenRunning(signal.signal, signal.SIGCHLD, signal.SIG_DFL)
 
 
 @implementer(IReadDescriptor)
@@ -211,6 +250,10 @@ class SpawnedProcess:
         self._on_end = on_end
         self._watch = watch
         self.proto = protocol
+        #: The protocol's C{childExited}, if it has one (L{IExitStatusReceiver}).
+        self._status_receiver: Callable[[int | ChildProcessError], object] | None = (
+            protocol.childExited if IExitStatusReceiver.providedBy(protocol) else None
+        )
         self.pid: int | None = None
         self._pgid: int | None = None
         self._signals: list[int] = []
@@ -347,6 +390,12 @@ class SpawnedProcess:
             self._reactor.removeReader(reader)
             os.close(reader.fd)
         self._drain_output()
+        receiver = self._status_receiver
+        if receiver is not None:
+            # The wait status as it is: no exception and no Failure per run.
+            receiver(status)
+            self._close_output()
+            return
         if isinstance(status, ChildProcessError):
             reason: Exception = status
         elif os.WIFSIGNALED(status):

@@ -45,6 +45,32 @@ def test_each_way_starts_runs_a_task_and_stops_on_sigterm(
     assert goophry.inflight_keys() == []
 
 
+def _signal_mask(pid: int, field: str) -> int:
+    """A signal mask of /proc/PID/status (SigCgt: caught, SigIgn: ignored)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value, 16)
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_each_way_leaves_sigchld_to_the_kernel_and_still_sees_exit_statuses(
+    goophry: Goophry, how: str
+) -> None:
+    # The daemon reaps its children by their pipes and pidfds: SIGCHLD is
+    # left at its default (neither caught, which costs a wake-up per task,
+    # nor ignored, which would make the kernel reap them and lose statuses).
+    daemon = goophry.launch("exit 3", task_payload("a"), how=how, FailedTasksTTL=60).daemon
+    [failed] = goophry.wait_failed("t")
+    assert failed["ErrorMessage"] == "exit status 3", daemon.log_text()
+    bit = 1 << (signal.SIGCHLD - 1)
+    assert not _signal_mask(daemon.pid, "SigCgt") & bit
+    assert not _signal_mask(daemon.pid, "SigIgn") & bit
+    assert daemon.terminate() == 0, daemon.log_text()
+
+
 @pytest.mark.parametrize(
     "how",
     [

@@ -271,6 +271,9 @@ def test_a_script_that_cannot_start_fails_and_frees_its_worker() -> None:
     rig.start()
     rig.processes.spawn_error = FileNotFoundError(2, "No such file or directory")
     rig.give(entry("a"))
+    # Told on the reactor's next turn, not from inside the take.
+    assert rig.control.pending == []
+    rig.clock.advance(0)
     [sent] = rig.control.pending
     assert sent.command[1] == (
         "RPUSH",
@@ -697,7 +700,7 @@ def test_a_raise_while_starting_a_taken_entry_is_logged_and_taking_goes_on(
     rig.start()
     with monkeypatch.context() as patch:
 
-        def broken(*args: Any) -> None:
+        def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("broken runner")
 
         patch.setattr(rig.consumer._runner, "run", broken)

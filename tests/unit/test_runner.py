@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from goophry_tx.process.runner import ScriptRunner
+from goophry_tx.task import Outcome
 from tests.unit.fakes import (
     FakeProcessTransport,
     MemoryProcessReactor,
@@ -329,3 +330,31 @@ def test_a_run_with_variables_of_its_own_adds_them_to_the_environment(
     first, second = processes.spawned
     assert first.env == {"PATH": "/bin", "A": "new", "B": "b"}
     assert second.env is None
+
+
+def test_on_done_is_told_the_outcome_once_without_a_deferred(
+    runner: ScriptRunner, processes: MemoryProcessReactor
+) -> None:
+    told: list[Outcome] = []
+    run = runner.run(SCRIPT, (), on_done=told.append)
+    processes.last.output(b"oops")
+    processes.last.end(1)
+    [outcome] = told
+    assert (outcome.exit_code, outcome.output) == (1, b"oops")
+    assert run.outcome is outcome
+    # A Deferred asked for afterwards has the same outcome.
+    assert success_result_of(run.done) is outcome
+
+
+def test_on_done_of_a_script_that_cannot_start_comes_after_run_returns(
+    runner: ScriptRunner, processes: MemoryProcessReactor, clock: Clock
+) -> None:
+    processes.spawn_error = enoent(SCRIPT)
+    told: list[Outcome] = []
+    run = runner.run(SCRIPT, (), timeout=5.0, on_done=told.append)
+    assert told == []
+    assert run.finished
+    clock.advance(0)
+    [outcome] = told
+    assert outcome.start_error == f"fork/exec {SCRIPT}: no such file or directory"
+    assert not clock.getDelayedCalls()

@@ -23,10 +23,11 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from goophry_tx.process import libc_spawn
-from goophry_tx.process.spawn import PosixSpawner, SpawnError
+from goophry_tx.process.spawn import IExitStatusReceiver, PosixSpawner, SpawnError
 
 pytestmark = pytest.mark.real_process
 
@@ -305,3 +306,67 @@ def test_a_child_given_an_environment_sees_that_one(
 def test_a_nul_byte_in_the_environment_raises(spawner: PosixSpawner) -> None:
     with pytest.raises(ValueError):
         spawner.spawnProcess(Recorder(), SH, [SH], env={"A": "x\0y"})
+
+
+@implementer(IExitStatusReceiver)
+class StatusRecorder(Recorder):
+    """A L{Recorder} that takes its child's end as a wait status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status: Deferred[int | ChildProcessError] = Deferred()
+        self.ends: list[str] = []
+
+    def childExited(self, status: int | ChildProcessError) -> None:
+        self.output_at_exit = self.output
+        self.status.callback(status)
+
+    def processExited(self, reason: Failure) -> None:
+        self.ends.append("processExited")
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ends.append("processEnded")
+
+
+def status_of(spawner: PosixSpawner, groups: list[int], command: str) -> StatusRecorder:
+    protocol = StatusRecorder()
+    transport = spawner.spawnProcess(protocol, SH, [SH, "-c", command])
+    groups.append(transport.pid)
+    return protocol
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_status_receiver_gets_the_wait_status_after_the_output(
+    spawner: PosixSpawner, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    protocol = status_of(spawner, groups, "echo out; echo err >&2; exit 3")
+    status = yield bounded(protocol.status)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
+    assert protocol.output_at_exit == b"out\nerr\n"
+    # In place of processExited and processEnded, not as well.
+    assert protocol.ends == []
+    assert spawner.live == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_status_receiver_gets_the_signal_that_ended_the_child(
+    spawner: PosixSpawner, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    protocol = status_of(spawner, groups, "echo up; exec sleep 30")
+    yield protocol.wait_for(b"up\n")
+    os.killpg(groups[-1], signal.SIGKILL)
+    status = yield bounded(protocol.status)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert protocol.ends == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_status_receiver_is_told_when_the_status_is_lost(
+    spawner: PosixSpawner, groups: list[int]
+) -> Generator[Deferred[Any], Any, None]:
+    protocol = StatusRecorder()
+    transport = spawner.spawnProcess(protocol, SH, [SH, "-c", "exit 0"])
+    os.waitpid(transport.pid, 0)
+    status = yield bounded(protocol.status)
+    assert isinstance(status, ChildProcessError)
+    assert protocol.ends == []

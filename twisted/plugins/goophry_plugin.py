@@ -90,9 +90,11 @@ class GoophryServiceMaker:
         from twisted.internet import reactor
 
         from goophry_tx.heap import freeze_when_running
+        from goophry_tx.process.spawn import discard_child_signals
         from goophry_tx.service import build_service
 
         freeze_when_running(reactor)
+        discard_child_signals(reactor)
         return build_service(options["loaded"], reactor, verbose=bool(options["verbose"]))
 
 
