@@ -107,6 +107,11 @@ def available() -> bool:
     return BACKEND is not None
 
 
+def usable(backend: Backend) -> bool:
+    """Whether C{backend} can be used here."""
+    return C_BUILT if backend == C_EXTENSION else _libc is not None
+
+
 def _environment(environ: Mapping[Any, Any]) -> list[bytes]:
     """C{environ} as the C{NAME=value} strings of C{envp}."""
     return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()]
@@ -239,17 +244,13 @@ class LibcSpawner:
         """
         chosen = backend or BACKEND
         envp = _environment(environ)
+        if chosen is None or not usable(chosen):
+            raise ValueError(f"posix_spawn cannot be called through {chosen or 'libc'} here")
         self._one: _OneSpawn
         if chosen == C_EXTENSION:
-            if not C_BUILT:
-                raise ValueError("the C extension goophry_tx.process._cspawn is not built")
             self._one = _cspawn.Spawner(default_signals, stdin_fd, envp)
-        elif chosen == CTYPES:
-            if _libc is None:
-                raise ValueError("libc's posix_spawn cannot be called through ctypes here")
-            self._one = _CtypesSpawner(default_signals, stdin_fd, envp)
         else:
-            raise ValueError("posix_spawn cannot be called from threads here")
+            self._one = _CtypesSpawner(default_signals, stdin_fd, envp)
         self.backend: Backend = chosen
         self._deliver = deliver
         self._jobs: queue.SimpleQueue[_Job | None]

@@ -3,16 +3,23 @@
 These are the only unit tests that start processes: the spawner's whole job
 is the system calls, so a fake would prove nothing.  Each takes milliseconds;
 every wait is bounded so that a regression fails instead of hanging.  Every
-test runs twice: spawning in the reactor's thread (C{threads=0}), and from
-spawning threads as the daemon does (C{threads=2}).
+spawner test runs three times: spawning in the reactor's thread
+(C{threads=0}, C{os.posix_spawn}), and from spawning threads as the daemon
+does (C{threads=2}), through the C extension and through ctypes.  The tests
+of L{LibcSpawner} alone run through both of those.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +33,9 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from goophry_tx.process import libc_spawn
+from goophry_tx.process.libc_spawn import LibcSpawner
 from goophry_tx.process.spawn import PosixSpawner, SpawnError
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.real_process
 
@@ -68,17 +77,47 @@ class Recorder(ProcessProtocol):
         return d.addTimeout(WAIT, reactor)
 
 
-@pytest.fixture(params=[0, 2], ids=["inline", "threads"])
-def threads(request: pytest.FixtureRequest) -> int:
-    """How many spawning threads the spawner has: none, or the daemon's two."""
-    if request.param and not libc_spawn.available():
-        pytest.skip("libc's posix_spawn cannot be called here")
-    return int(request.param)
+def skip_unless_usable(backend: libc_spawn.Backend) -> None:
+    if not libc_spawn.usable(backend):
+        pytest.skip(
+            "the C extension is not built (no C compiler or Python headers at install)"
+            if backend == libc_spawn.C_EXTENSION
+            else "libc's posix_spawn cannot be called through ctypes here"
+        )
+
+
+@pytest.fixture(params=[libc_spawn.C_EXTENSION, libc_spawn.CTYPES], ids=["c", "ctypes"])
+def backend(request: pytest.FixtureRequest) -> libc_spawn.Backend:
+    """How the spawning threads call posix_spawn."""
+    skip_unless_usable(request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(
+    params=[(0, None), (2, libc_spawn.C_EXTENSION), (2, libc_spawn.CTYPES)],
+    ids=["inline", "threads-c", "threads-ctypes"],
+)
+def spawning(request: pytest.FixtureRequest) -> tuple[int, libc_spawn.Backend | None]:
+    """
+    How the spawner starts children: in the reactor's thread, or from the
+    daemon's two threads through the C extension or through ctypes.
+    """
+    threads, backend = request.param
+    if backend is not None:
+        skip_unless_usable(backend)
+    return threads, backend
 
 
 @pytest.fixture
-def spawner(threads: int) -> Iterator[PosixSpawner]:
-    spawner = PosixSpawner(reactor, threads=threads)  # type: ignore[arg-type]
+def threads(spawning: tuple[int, libc_spawn.Backend | None]) -> int:
+    return spawning[0]
+
+
+@pytest.fixture
+def spawner(spawning: tuple[int, libc_spawn.Backend | None]) -> Iterator[PosixSpawner]:
+    threads, backend = spawning
+    spawner = PosixSpawner(reactor, threads=threads, backend=backend)  # type: ignore[arg-type]
+    assert spawner.backend == (backend or "os module")
     yield spawner
     spawner.close()
 
@@ -305,3 +344,170 @@ def test_a_child_given_an_environment_sees_that_one(
 def test_a_nul_byte_in_the_environment_raises(spawner: PosixSpawner) -> None:
     with pytest.raises(ValueError):
         spawner.spawnProcess(Recorder(), SH, [SH], env={"A": "x\0y"})
+
+
+# LibcSpawner alone: one spawn at a time, inline, with its result at once.
+
+
+@pytest.fixture
+def libc(backend: libc_spawn.Backend) -> Iterator[LibcSpawner]:
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    spawner = LibcSpawner(
+        {"SPAWNER_ENV": "from the spawner"},
+        [signal.SIGPIPE],
+        stdin,
+        lambda f, *args: pytest.fail("an inline spawn is never handed over"),
+        threads=0,
+        backend=backend,
+    )
+    assert spawner.backend == backend
+    yield spawner
+    spawner.close()
+    os.close(stdin)
+
+
+def open_fds() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def run(spawner: LibcSpawner, *argv: str, **env: str) -> tuple[int, int, int]:
+    """Spawn C{argv} inline; C{(pid, error, fd)}."""
+    results: list[tuple[int, int, int]] = []
+    command = spawner.command(argv[0], argv, env or None)
+    spawner.spawn(command, lambda *result: results.append(result), inline=True)
+    [result] = results
+    return result
+
+
+def read_to_eof(fd: int) -> bytes:
+    """What the child writes to its pipe until EOF (the read end does not block)."""
+    chunks: list[bytes] = []
+
+    def ended() -> bool:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        chunks.append(chunk)
+        return not chunk
+
+    wait_for(ended, timeout=WAIT, message="the child's output to end")
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def reap(pid: int) -> int:
+    """The exit code of C{pid}, waited for with a bound."""
+    statuses: list[int] = []
+
+    def exited() -> bool:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+        statuses.append(status)
+        return reaped != 0
+
+    wait_for(exited, timeout=WAIT, message=f"child {pid} to exit")
+    return os.waitstatus_to_exitcode(statuses[-1])
+
+
+def test_output_on_stdout_and_stderr_comes_through_one_pipe(libc: LibcSpawner) -> None:
+    pid, error, fd = run(libc, SH, "-c", "echo out; echo err >&2; exit 3")
+    assert (error, pid > 0) == (0, True)
+    # The reactor must never block on it, and no other child may inherit it.
+    assert not os.get_blocking(fd)
+    assert not os.get_inheritable(fd)
+    assert read_to_eof(fd) == b"out\nerr\n"
+    assert reap(pid) == 3
+
+
+def test_a_missing_executable_is_enoent_and_leaves_no_descriptor(
+    libc: LibcSpawner, tmp_path: Path
+) -> None:
+    before = open_fds()
+    assert run(libc, str(tmp_path / "absent")) == (0, errno.ENOENT, -1)
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize(
+    "executable, argv, env",
+    [
+        ("/bin/s\0h", [SH], None),
+        (SH, [SH, "-c", "a\0b"], None),
+        (SH, [SH], {"A": "x\0y"}),
+        (SH, [SH], {"A\0B": "x"}),
+        (b"/bin/s\0h", [b"sh"], None),
+        (SH, [b"a\0b"], None),
+    ],
+    ids=["executable", "argument", "value", "name", "bytes executable", "bytes argument"],
+)
+def test_a_nul_byte_anywhere_raises_before_anything_starts(
+    libc: LibcSpawner, executable: str | bytes, argv: list[Any], env: dict[str, str] | None
+) -> None:
+    before = open_fds()
+    with pytest.raises(ValueError, match="embedded null byte"):
+        libc.command(executable, argv, env)
+    assert open_fds() == before
+
+
+def test_the_spawners_environment_and_a_childs_own(libc: LibcSpawner) -> None:
+    script = 'echo "[$SPAWNER_ENV][$OWN]"'
+    pid, _, fd = run(libc, SH, "-c", script)
+    assert read_to_eof(fd) == b"[from the spawner][]\n"
+    assert reap(pid) == 0
+    pid, _, fd = run(libc, SH, "-c", script, OWN="a b")
+    # A child's own environment replaces the spawner's, as os.posix_spawn's does.
+    assert read_to_eof(fd) == b"[][a b]\n"
+    assert reap(pid) == 0
+
+
+def test_str_and_bytes_arguments_alike(libc: LibcSpawner) -> None:
+    command = libc.command(SH.encode(), [b"sh", "-c", b'echo "$0 $1"', "zero", "\u00e9"])
+    results: list[tuple[int, int, int]] = []
+    libc.spawn(command, lambda *result: results.append(result), inline=True)
+    [(pid, _, fd)] = results
+    assert read_to_eof(fd) == "zero \u00e9\n".encode()
+    assert reap(pid) == 0
+
+
+def test_the_c_extension_checks_what_it_is_given() -> None:
+    skip_unless_usable(libc_spawn.C_EXTENSION)
+    from goophry_tx.process import _cspawn
+
+    with pytest.raises(OSError):
+        _cspawn.Spawner([0], 0, [])
+    spawner = _cspawn.Spawner([signal.SIGPIPE], 0, [])
+    with pytest.raises(TypeError):
+        spawner.spawn((SH, [SH]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        spawner.command(SH, [SH, 1])  # type: ignore[list-item]
+
+
+def test_the_c_extension_is_built_where_a_compiler_is() -> None:
+    # On CI (.ci/run installs gcc and python3-dev) the C path must be the one tested.
+    compiler = (sysconfig.get_config_var("CC") or "").split()
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not compiler or shutil.which(compiler[0]) is None or not headers.exists():
+        pytest.skip("no C compiler or no Python.h here: the ctypes path serves")
+    assert libc_spawn.C_BUILT, (
+        f"{compiler[0]} and {headers} exist but goophry_tx/process/_cspawn.c is not built: "
+        "`pip install -e .` (make venv) builds it"
+    )
+
+
+@pytest.mark.parametrize("forced, expected", [("ctypes", "ctypes"), ("", None)])
+def test_goophry_spawn_ctypes_forces_the_ctypes_path(forced: str, expected: str | None) -> None:
+    found = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from goophry_tx.process import libc_spawn; print(libc_spawn.BACKEND)",
+            ],
+            env={**os.environ, "GOOPHRY_SPAWN": forced},
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    assert found == (expected or libc_spawn._default_backend() or "None")
