@@ -219,10 +219,17 @@ _Job = tuple[Any, Callable[[int, int, int], object]]
 
 class LibcSpawner:
     """
-    Spawns children from C{threads} threads; each result comes back to the
-    caller's C{deliver} function (the reactor's C{callFromThread}).
+    Spawns children from C{threads} threads; each result comes back in the
+    caller's thread.
+
+    With the C extension and a C{watch} function, the threads are the
+    extension's L{Pool<goophry_tx.process._cspawn.Pool>}, which never takes
+    the GIL, and results are collected when its descriptor is readable.
+    Otherwise they are Python threads, and results come back through
+    C{deliver} (the reactor's C{callFromThread}).
 
     @ivar backend: how C{posix_spawn} is called, L{C_EXTENSION} or L{CTYPES}.
+    @ivar pooled: whether the threads are the extension's, outside the GIL.
     """
 
     def __init__(
@@ -233,6 +240,7 @@ class LibcSpawner:
         deliver: Callable[..., object],
         threads: int = 2,
         backend: Backend | None = None,
+        watch: Callable[[int, Callable[[], None]], object] | None = None,
     ) -> None:
         """
         @param environ: the children's environment, encoded once here.
@@ -241,6 +249,9 @@ class LibcSpawner:
         @param deliver: runs a callable in the caller's thread.
         @param threads: how many spawning threads to start.
         @param backend: how to call C{posix_spawn}; L{BACKEND} by default.
+        @param watch: C{watch(fd, on_readable)} has the caller's thread call
+            C{on_readable} whenever C{fd} is readable (the reactor's
+            reader); given, the C extension spawns from its own threads.
         """
         chosen = backend or BACKEND
         envp = _environment(environ)
@@ -248,10 +259,17 @@ class LibcSpawner:
             raise ValueError(f"posix_spawn cannot be called through {chosen or 'libc'} here")
         self._one: _OneSpawn
         if chosen == C_EXTENSION:
-            self._one = _cspawn.Spawner(default_signals, stdin_fd, envp)
+            self._one = spawner = _cspawn.Spawner(default_signals, stdin_fd, envp)
         else:
             self._one = _CtypesSpawner(default_signals, stdin_fd, envp)
         self.backend: Backend = chosen
+        self._pool: _cspawn.Pool | None = None
+        self.pooled = chosen == C_EXTENSION and watch is not None
+        if self.pooled:
+            assert watch is not None
+            self._pool = _cspawn.Pool(spawner, threads)
+            watch(self._pool.fileno(), self._collect)
+            threads = 0
         self._deliver = deliver
         self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
@@ -300,7 +318,17 @@ class LibcSpawner:
             done(*self._one.spawn(command))
             return
         self._busy += 1
-        self._jobs.put((command, done))
+        if self._pool is not None:
+            self._pool.submit(command, done)
+        else:
+            self._jobs.put((command, done))
+
+    def _collect(self) -> None:
+        """In the caller's thread: pass on every result the pool has."""
+        assert self._pool is not None
+        for done, pid, error, fd in self._pool.collect():
+            self._busy -= 1
+            done(pid, error, fd)
 
     def _work(self) -> None:
         """A spawning thread: spawn each job until C{None} comes."""
@@ -328,5 +356,7 @@ class LibcSpawner:
 
     def close(self) -> None:
         """Let the threads end."""
+        if self._pool is not None:
+            self._pool.close()
         for _ in self._threads:
             self._jobs.put(None)

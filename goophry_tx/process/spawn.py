@@ -444,11 +444,21 @@ class PosixSpawner:
         self._sweep: IDelayedCall | None = None
         if threads > 0 and (backend or libc_spawn.available()):
             self._threaded = LibcSpawner(
-                self._environ, self._sigdef, self._devnull, reactor.callFromThread, threads, backend
+                self._environ,
+                self._sigdef,
+                self._devnull,
+                reactor.callFromThread,
+                threads,
+                backend,
+                watch=self._watch_results,
             )
         #: How children are started: through the C extension or ctypes from
         #: the threads, or through the C{os} module in the caller's thread.
         self.backend = "os module" if self._threaded is None else self._threaded.backend
+
+    def _watch_results(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call C{on_readable} when C{fd} (the spawning threads' results) is readable."""
+        self._poller.addReader(_Reader(fd, on_readable))
 
     def spawnProcess(
         self,

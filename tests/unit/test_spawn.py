@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -511,3 +512,81 @@ def test_goophry_spawn_ctypes_forces_the_ctypes_path(forced: str, expected: str 
         .strip()
     )
     assert found == (expected or libc_spawn._default_backend() or "None")
+
+
+@pytest.fixture
+def pooled() -> Iterator[tuple[Any, Any]]:
+    """A C extension's spawner (/dev/null as stdin) and its pool of two threads."""
+    skip_unless_usable(libc_spawn.C_EXTENSION)
+    from goophry_tx.process import _cspawn
+
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    spawner = _cspawn.Spawner([signal.SIGPIPE], stdin, [b"FROM=the spawner"])
+    pool = _cspawn.Pool(spawner, 2)
+    yield spawner, pool
+    pool.close()
+    os.close(stdin)
+
+
+def collect(pool: Any, count: int) -> list[tuple[Any, int, int, int]]:
+    """Wait (bounded) until C{count} results have come, by the pool's descriptor."""
+    results: list[tuple[Any, int, int, int]] = []
+
+    def arrived() -> bool:
+        readable, _, _ = select.select([pool.fileno()], [], [], 0.5)
+        if readable:
+            results.extend(pool.collect())
+        return len(results) >= count
+
+    wait_for(arrived, timeout=WAIT, message=f"{count} results from the pool")
+    return results
+
+
+def test_the_pool_hands_back_each_token_with_its_childs_pipe(pooled: tuple[Any, Any]) -> None:
+    spawner, pool = pooled
+    before = open_fds()
+    commands = {n: spawner.command(SH, [SH, "-c", f'echo "{n} $FROM"']) for n in range(20)}
+    for n, command in commands.items():
+        pool.submit(command, n)
+    results = collect(pool, 20)
+    assert sorted(token for token, _, _, _ in results) == list(range(20))
+    for token, pid, error, fd in results:
+        assert (error, pid > 0) == (0, True)
+        assert not os.get_blocking(fd)
+        assert read_to_eof(fd) == f"{token} the spawner\n".encode()
+        assert reap(pid) == 0
+    # Nothing left to collect, and no descriptor of ours left open.
+    assert pool.collect() == []
+    assert open_fds() == before
+
+
+def test_the_pool_reports_a_failed_spawn_with_its_errno(pooled: tuple[Any, Any]) -> None:
+    spawner, pool = pooled
+    pool.submit(spawner.command("/nonexistent/script", ["script"]), "missing")
+    assert collect(pool, 1) == [("missing", 0, errno.ENOENT, -1)]
+
+
+def test_a_closed_pool_closes_what_was_not_collected_and_takes_nothing(
+    pooled: tuple[Any, Any],
+) -> None:
+    spawner, pool = pooled
+    before = open_fds()
+    pool.submit(spawner.command(SH, [SH, "-c", "exit 0"]), "late")
+    # The eventfd says the result is there; it is not collected.
+    assert select.select([pool.fileno()], [], [], WAIT)[0]
+    pool.close()
+    # Its pipe and the eventfd are closed: fewer descriptors than before.
+    assert len(open_fds()) == len(before) - 1
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(spawner.command(SH, [SH, "-c", "exit 0"]), "after")
+    # (The child itself ran; its pid went with the result, so this test
+    # process keeps its zombie until it exits.)
+
+
+def test_the_daemons_threads_are_the_pools_with_the_c_extension() -> None:
+    skip_unless_usable(libc_spawn.C_EXTENSION)
+    spawner = PosixSpawner(reactor, threads=2, backend=libc_spawn.C_EXTENSION)  # type: ignore[arg-type]
+    try:
+        assert spawner._threaded is not None and spawner._threaded.pooled
+    finally:
+        spawner.close()
