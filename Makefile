@@ -6,7 +6,9 @@
 #   make test    lint, then the whole test suite in parallel
 #   make bench   the benchmark (bench/); ORIGINAL=path adds the Go original beside ours
 #   make screenshots  the dashboard screenshots in docs/screenshots/ (headless Chromium)
-#   make clean   remove caches and build output (keeps .venv; `make distclean` removes it)
+#   make clean   remove caches and build output (keeps .venv and the built C
+#                extension, which `make venv` rebuilds when its source changes;
+#                `make distclean` removes both)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -25,12 +27,14 @@ LINT_PATHS := $(wildcard goophry_tx tests bench)
 
 venv: $(STAMP)
 
-# Re-runs when requirements.txt or pyproject.toml is newer than the stamp.
+# Re-runs when requirements.txt, pyproject.toml or the build of the C
+# extension (setup.py, goophry_tx/process/_cspawn.c) is newer than the stamp:
+# pip then rebuilds the extension in place.
 # editable_mode=compat puts the checkout itself on sys.path (a .pth line),
 # which is what lets twistd find twisted/plugins/goophry_plugin.py from here;
 # the default editable mode installs an import hook that Twisted's plugin
 # search does not see.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml setup.py goophry_tx/process/_cspawn.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements.txt
 	$(BIN)/python -m pip install -e . --config-settings editable_mode=compat
@@ -69,3 +73,4 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+	rm -f goophry_tx/process/*.so

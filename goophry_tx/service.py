@@ -142,7 +142,7 @@ class GoophryService(MultiService):
         self.health = RedisHealth(reactor, describe(config), on_back=self.stats.redis_reconnected)
         self.stats.redis_connected = lambda: self.health.connected
         self._links = links or self._redis_links(redis_endpoint or self._redis_endpoint())
-        self._spawner = spawner or (lambda: PosixSpawner(reactor, threads=2))
+        self._spawner = spawner or self._posix_spawner
 
         self.control = self._link("control")
         #: Per-minute counts of the outcomes, for every dashboard on this Redis.
@@ -175,6 +175,12 @@ class GoophryService(MultiService):
         #: The next try at starting, after one that failed.
         self._retry = Retry(reactor)
         self.status = StatusService(self.systemd, self._status, reactor)
+
+    def _posix_spawner(self) -> PosixSpawner:
+        """The default spawner, saying how it starts scripts (C or ctypes differ in cost)."""
+        spawner = PosixSpawner(self._reactor, threads=2)
+        self.log.info("scripts start through posix_spawn ({backend})", backend=spawner.backend)
+        return spawner
 
     def _link(self, purpose: str) -> RedisLink:
         link = self._links(purpose)

@@ -470,6 +470,7 @@ class PosixSpawner:
         reactor: SpawnReactor,
         environ: Mapping[str, str] | None = None,
         threads: int = 0,
+        backend: libc_spawn.Backend | None = None,
     ) -> None:
         """
         @param reactor: watches the children's descriptors and keeps time.
@@ -477,6 +478,8 @@ class PosixSpawner:
         @param threads: spawn from this many threads, outside the GIL (a
             failure to start then comes as C{processExited} with a
             L{SpawnError}); 0 spawns in the caller's thread, raising.
+        @param backend: how the threads call C{posix_spawn}; by default
+            L{libc_spawn.BACKEND}.
         """
         self._reactor = reactor
         self._environ = dict(os.environ if environ is None else environ)
@@ -488,10 +491,23 @@ class PosixSpawner:
         self._poller = _ChildPoller(reactor)
         self._unwatched: collections.deque[tuple[float, SpawnedProcess]] = collections.deque()
         self._sweep: IDelayedCall | None = None
-        if threads > 0 and libc_spawn.available():
+        if threads > 0 and (backend or libc_spawn.available()):
             self._threaded = LibcSpawner(
-                self._environ, self._sigdef, self._devnull, reactor.callFromThread, threads
+                self._environ,
+                self._sigdef,
+                self._devnull,
+                reactor.callFromThread,
+                threads,
+                backend,
+                watch=self._watch_results,
             )
+        #: How children are started: through the C extension or ctypes from
+        #: the threads, or through the C{os} module in the caller's thread.
+        self.backend = "os module" if self._threaded is None else self._threaded.backend
+
+    def _watch_results(self, fd: int, on_readable: Callable[[], None]) -> None:
+        """Call C{on_readable} when C{fd} (the spawning threads' results) is readable."""
+        self._poller.addReader(_Reader(fd, on_readable))
 
     def spawnProcess(
         self,
@@ -543,17 +559,8 @@ class PosixSpawner:
         env: Mapping[AnyStr, AnyStr] | None,
     ) -> SpawnedProcess:
         assert self._threaded is not None
-        program = os.fsencode(executable)
-        argv: list[bytes] = [os.fsencode(a) for a in args]
-        strings: list[bytes] = [program, *argv]
-        if env is not None:
-            for name, value in env.items():
-                strings += (os.fsencode(name), os.fsencode(value))
-        if any(b"\0" in s for s in strings):
-            # C strings would silently end there.
-            raise ValueError("embedded null byte")
-        # Only a child with an environment of its own pays for encoding it.
-        envp = None if env is None else libc_spawn.environment(env)
+        # Encoded and checked here, so that a NUL byte raises from this call.
+        command = self._threaded.command(executable, args, env)
         transport = SpawnedProcess(
             self._poller, self._reactor, protocol, None, self._child_ended, self._watch_later
         )
@@ -561,7 +568,7 @@ class PosixSpawner:
         # Nothing else running: start it at once rather than hand it over.
         inline = self.live == 0
         self.live += 1
-        self._threaded.spawn(program, argv, transport._spawned, inline, envp)
+        self._threaded.spawn(command, transport._spawned, inline)
         return transport
 
     def _child_ended(self) -> None:
