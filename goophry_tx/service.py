@@ -12,7 +12,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -24,17 +24,13 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from goophry_tx import __version__
 from goophry_tx.config import Config, TaskType, split_host_port
 from goophry_tx.connect import connection_check, describe, redis_endpoint
 from goophry_tx.consumer import AtomicTake, Consumer, TakeFactory, take_strategy
 from goophry_tx.dashboard.history import HistoryWriter
-from goophry_tx.dashboard.resource import DashboardResource, StatsRouter
 from goophry_tx.errorscript import ErrorNotifier
 from goophry_tx.keys import Keys
 from goophry_tx.notify import StatusService, SystemdNotifier
@@ -47,10 +43,12 @@ from goophry_tx.redis import ConnectionError, RedisHealth, RedisLink, Retry
 from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
 from goophry_tx.replicas import ReplicaWait
 from goophry_tx.schedule import DueEntryMover, RetryTimes
-from goophry_tx.stats import Stats, StatsResource, queue_figures
+from goophry_tx.stats import Stats, queue_figures
 from goophry_tx.store import OutcomeStore
-from goophry_tx.tls import server_tls_options
 from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
+
+if TYPE_CHECKING:
+    from twisted.web.resource import Resource
 
 
 def instance_name() -> str:
@@ -215,6 +213,12 @@ class GoophryService(MultiService):
         return redis_endpoint(self._reactor, self.config)
 
     def _stats_service(self) -> StreamServerEndpointService:
+        # What serves the stats, the dashboard and TLS is imported only when
+        # configured: a daemon does not carry the memory of what it does not serve.
+        from twisted.web.server import Site
+
+        from goophry_tx.web import StatsResource
+
         config = self.config
         assert config.stats_interface is not None
         host, port = split_host_port(config.stats_interface, "StatsInterface", config.path)
@@ -225,6 +229,8 @@ class GoophryService(MultiService):
             endpoint = endpoints.TCP4ServerEndpoint(self._reactor, port, interface=host)
         resource: Resource = StatsResource(self.stats, config.stats_pattern, config.metrics_pattern)
         if config.dashboard_pattern:
+            from goophry_tx.dashboard.resource import DashboardResource, StatsRouter
+
             dashboard = DashboardResource(
                 self.control,
                 self.keys,
@@ -240,6 +246,10 @@ class GoophryService(MultiService):
         site.log = lambda request: None  # type: ignore[method-assign]
         factory: Any = site
         if config.stats_tls_cert_file and config.stats_tls_key_file:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from goophry_tx.tls import server_tls_options
+
             options = server_tls_options(config.stats_tls_cert_file, config.stats_tls_key_file)
             factory = TLSMemoryBIOFactory(options, False, site)
         return fail_at_start(StreamServerEndpointService(endpoint, factory))

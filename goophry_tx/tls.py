@@ -3,24 +3,24 @@ TLS options, both ways: a certificate chain and its key for the stats
 server, and verified connections to Redis.  Every file is read and checked
 at start, so that a bad one stops the daemon with a message naming its
 setting.
+
+pyOpenSSL, cryptography and service-identity are imported only when TLS
+is used (several megabytes a daemon without TLS need not hold); the
+configuration's checks and L{lost_reason} import this module either way.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from typing import TYPE_CHECKING
 
-from OpenSSL import SSL, crypto
-from service_identity import VerificationError
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    TLSVersion,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from OpenSSL import crypto
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.ssl import CertificateOptions
 
 
 class TLSFileError(Exception):
@@ -57,6 +57,8 @@ class _Files:
 
     def certificates(self, name: str, path: str) -> list[crypto.X509]:
         """Every certificate in a PEM file, in order; at least one."""
+        from OpenSSL import crypto
+
         blocks = _PEM_CERT.findall(self.read(name, path))
         if not blocks:
             raise self.fail(name, path, "no PEM certificate in it")
@@ -69,6 +71,8 @@ class _Files:
         self, cert_name: str, cert_file: str, key_name: str, key_file: str
     ) -> tuple[list[crypto.X509], crypto.PKey]:
         """A chain (leaf first) and the private key that matches its leaf."""
+        from OpenSSL import SSL, crypto
+
         chain = self.certificates(cert_name, cert_file)
         key_pem = self.read(key_name, key_file)
         try:
@@ -94,6 +98,8 @@ def server_tls_options(cert_file: str, key_file: str) -> CertificateOptions:
 
     @raise TLSFileError: naming the setting when a file cannot be used.
     """
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+
     chain, key = _Files().key_pair("StatsTLSCertFile", cert_file, "StatsTLSKeyFile", key_file)
     return CertificateOptions(
         privateKey=key,
@@ -120,6 +126,14 @@ def client_tls_options(
         in C{key_file}, for servers that ask for one.
     @raise TLSFileError: naming the setting when a file cannot be used.
     """
+    from twisted.internet.ssl import (
+        Certificate,
+        TLSVersion,
+        optionsForClientTLS,
+        platformTrust,
+        trustRootFromCertificates,
+    )
+
     files = _Files()
     if ca_file is None:
         trust = platformTrust()
@@ -138,6 +152,13 @@ def lost_reason(why: Failure) -> str:
     Why a connection ended, said plainly when TLS refused it: OpenSSL's
     reasons without their tuples, or the names a certificate lacks.
     """
+    if "OpenSSL.SSL" not in sys.modules:
+        # Not imported: no TLS was used, so TLS cannot be why (and the
+        # question is not worth importing it for).
+        return why.getErrorMessage()
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
     error = why.value
     if isinstance(error, VerificationError):
         names = []

@@ -26,7 +26,7 @@ from goophry_tx.dashboard.auth import COOKIE, SESSION_LIFETIME, Guard
 from goophry_tx.dashboard.history import read_history
 from goophry_tx.keys import Keys
 from goophry_tx.redis import RedisLink, is_transient
-from goophry_tx.stats import clean_path, pattern_matches
+from goophry_tx.web import clean_path, pattern_matches
 
 #: Seconds before a wrong token is answered: guessing it is slow.
 WRONG_TOKEN_DELAY = 1.0

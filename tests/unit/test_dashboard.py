@@ -25,7 +25,8 @@ from goophry_tx.dashboard.views import visible
 from goophry_tx.keys import Keys
 from goophry_tx.outcomes import type_counters
 from goophry_tx.redis import ConnectionError
-from goophry_tx.stats import Stats, StatsResource
+from goophry_tx.stats import Stats
+from goophry_tx.web import StatsResource
 from tests.unit.fakes import assert_no_result, success_result_of
 
 KEYS = Keys("q")

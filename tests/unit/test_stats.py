@@ -20,8 +20,9 @@ from goophry_tx import __version__
 from goophry_tx.keys import Keys
 from goophry_tx.outcomes import failure_reason, type_counters
 from goophry_tx.redis import ConnectionError, ResponseError
-from goophry_tx.stats import QueueFigures, Stats, StatsResource, queue_figures
+from goophry_tx.stats import QueueFigures, Stats, queue_figures
 from goophry_tx.task import InvalidEntry, Outcome
+from goophry_tx.web import StatsResource
 from tests.unit.fakes import FakeRedisLink, failure_result_of, success_result_of
 
 
