@@ -177,7 +177,11 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     out.append(_target(f"{name} {k}: failed tasks", r["failed"], "== 0", False))
     busy = [
         r["other_load_cores"]
-        for name, group in (("throughput", "by_workers"), ("scale", "by_types"))
+        for name, group in (
+            ("throughput", "by_workers"),
+            ("scale", "by_types"),
+            ("scaleout", "by_daemons"),
+        )
         for r in scn.get(name, {}).get(group, {}).values()
     ]
     if busy:
@@ -256,6 +260,7 @@ def _scaleout(s: dict[str, Any]) -> list[str]:
             r["redis_cpu_us_per_task"],
             r["daemon_cpu_per_1000_s"],
             r["busy_cores"],
+            r["other_load_cores"],
         ]
         for count, r in s["by_daemons"].items()
     ]
@@ -274,6 +279,7 @@ def _scaleout(s: dict[str, Any]) -> list[str]:
                 "Redis CPU us/task",
                 "daemons' CPU s/1000",
                 "busy cores",
+                "other load",
             ],
             rows,
         ),
@@ -651,14 +657,15 @@ def plot_cost(doc: dict[str, Any], path: str) -> str:
         )
     ceilings = single_core_ceilings(scn).get("ours")
     ceiling = (
-        f"; one daemon's single-core ceiling {min(r for _, r in ceilings):.0f}-"
-        f"{max(r for _, r in ceilings):.0f} tasks/s"
+        f"\none daemon's single-core ceiling (1000 / its CPU s per 1000 tasks): "
+        f"{min(r for _, r in ceilings):.0f}-{max(r for _, r in ceilings):.0f} tasks/s"
         if ceilings
         else ""
     )
+    load = max((r["other_load_cores"] for _, r in _cases(scn)), default=float("nan"))
     fig.suptitle(
-        f"Goophry benchmark {doc['started']} ({doc['machine']['cores']} cores, "
-        f"load {doc['machine']['loadavg']}){ceiling}"
+        f"Goophry benchmark {doc['started']} ({doc['machine']['cores']} cores; other work took "
+        f"up to {load:.2f} of them){ceiling}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -71,6 +71,9 @@ class Drain:
     daemon_cpu_per_1000_s: float
     #: Cores the whole machine kept busy during the drain (of C{os.cpu_count()}).
     busy_cores: float
+    #: Of those, the cores that processes other than Redis, the daemons, their scripts
+    #: and the harness took: other work on a shared machine.
+    other_load_cores: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,17 @@ class RunningDaemon:
         """Its own CPU seconds so far, all threads (its reaped scripts left out)."""
         times = self.process.cpu_times()
         return float(times.user + times.system)
+
+    def with_scripts_cpu_s(self) -> float:
+        """Its CPU seconds and those of the scripts it has reaped."""
+        times = self.process.cpu_times()
+        return self.cpu_s() + float(times.children_user + times.children_system)
+
+
+def _harness_cpu_s() -> float:
+    """This process's CPU seconds (it polls the stats and pushes)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _busy_s() -> float:
@@ -155,6 +169,7 @@ def drain(
     server.cli("CONFIG", "RESETSTAT")
     cpu0 = _redis_cpu(server)
     daemons_cpu0 = sum(daemon.cpu_s() for daemon in daemons)
+    ours0 = sum(daemon.with_scripts_cpu_s() for daemon in daemons) + _harness_cpu_s()
     busy0 = _busy_s()
     t0 = time.monotonic()
     for start in range(0, entries, 1000):
@@ -168,6 +183,7 @@ def drain(
     seconds = time.monotonic() - t0
     busy = _busy_s() - busy0
     daemons_cpu = sum(daemon.cpu_s() for daemon in daemons) - daemons_cpu0
+    ours = sum(daemon.with_scripts_cpu_s() for daemon in daemons) + _harness_cpu_s() - ours0
     cpu = _redis_cpu(server) - cpu0
     stats = _commandstats(server)
     theirs = sum(calls for name, calls in stats.items() if name not in NOT_THE_DAEMONS)
@@ -184,6 +200,7 @@ def drain(
         waits_per_task=stats.get("wait", 0) / entries,
         daemon_cpu_per_1000_s=daemons_cpu * 1000 / entries,
         busy_cores=busy / seconds,
+        other_load_cores=max(0.0, busy - ours - cpu) / seconds,
     )
 
 
@@ -195,7 +212,8 @@ def describe(result: Drain) -> str:
         f"{result.rate:.0f} tasks/s ({result.entries} in {result.seconds:.1f}s), shares {shares}, "
         f"{result.commands_per_task:.2f} commands/task ({result.waits_per_task:.2f} WAIT), "
         f"Redis CPU {result.redis_cpu_us_per_task:.0f} us/task, daemons' CPU "
-        f"{result.daemon_cpu_per_1000_s:.3f} s/1000 tasks, {result.busy_cores:.2f} cores busy"
+        f"{result.daemon_cpu_per_1000_s:.3f} s/1000 tasks, {result.busy_cores:.2f} cores busy "
+        f"({result.other_load_cores:.2f} by other work)"
     )
 
 
@@ -284,6 +302,7 @@ def summarise(drains: Sequence[Drain], cores: int) -> dict[str, Any]:
             "redis_cpu_us_per_task": statistics.median(d.redis_cpu_us_per_task for d in mine),
             "daemon_cpu_per_1000_s": statistics.median(d.daemon_cpu_per_1000_s for d in mine),
             "busy_cores": statistics.median(d.busy_cores for d in mine),
+            "other_load_cores": max(d.other_load_cores for d in mine),
         }
     best = max(by_daemons, key=lambda count: by_daemons[count]["rate"])
     top = by_daemons[best]
