@@ -97,7 +97,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--plot-to",
         metavar="PNG",
         help="also draw the cost figure (rate and CPU per 1000 tasks against Workers and "
-        "types) here, e.g. docs/bench-cost.png",
+        "types) here; make bench draws docs/bench-cost.png",
     )
     p.add_argument(
         "--plot-from",
@@ -197,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = run(a)
     print(report.render(doc))
     if not a.no_save:
-        path, pngs = report.write(doc, doc["started"].replace(":", ""), a.results)
-        print(f"\nwritten: {path}, {os.path.join(a.results, 'latest.json')}, {', '.join(pngs)}")
+        path, png = report.write(doc, doc["started"].replace(":", ""), a.results)
+        print(f"\nwritten: {path}, {os.path.join(a.results, 'latest.json')}, {png}")
     if a.plot_to:
         print(f"written: {report.plot_cost(doc, a.plot_to)}")
     return 1 if doc["errors"] else 0

@@ -517,11 +517,8 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write(doc: dict[str, Any], stamp: str, results: str = RESULTS) -> tuple[str, list[str]]:
-    """<results>/<stamp>.json, latest.json, latest.png and latest-cost.png.
-
-    @return: the JSON file's path and the figures' paths.
-    """
+def write(doc: dict[str, Any], stamp: str, results: str = RESULTS) -> tuple[str, str]:
+    """<results>/<stamp>.json, latest.json and latest.png; returns (json path, png path)."""
     os.makedirs(results, exist_ok=True)
     path = os.path.join(results, f"{stamp}.json")
     text = json.dumps(doc, indent=1, sort_keys=False)
@@ -529,10 +526,7 @@ def write(doc: dict[str, Any], stamp: str, results: str = RESULTS) -> tuple[str,
         with open(p + ".tmp", "w") as f:
             f.write(text + "\n")
         os.replace(p + ".tmp", p)
-    return path, [
-        plot(doc, os.path.join(results, "latest.png")),
-        plot_cost(doc, os.path.join(results, "latest-cost.png")),
-    ]
+    return path, plot(doc, os.path.join(results, "latest.png"))
 
 
 def plot(doc: dict[str, Any], path: str) -> str:
