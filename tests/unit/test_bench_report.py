@@ -151,3 +151,15 @@ def test_cost_figure_is_drawn_without_the_original_or_the_scale_scenario(
     doc["scenarios"] = {"throughput": {"by_workers": {"8": _run(0.4, original=False)}}}
     path = plot_cost(doc, str(tmp_path / "cost.png"))
     assert Path(path).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_drain_the_original_crashed_in_leaves_its_cells_empty() -> None:
+    doc = _doc()
+    crashed = _run(0.32, original=False)
+    doc["scenarios"]["scale"]["by_types"]["10"] = crashed
+    doc["scenarios"]["throughput"]["by_workers"]["8"] = crashed
+    text = render(doc)
+    assert "original/s" in text[text.index("\nthroughput:") : text.index("\nscale:")]
+    scale = text[text.index("\nscale:") : text.index("single-core ceiling")]
+    assert "original CPU s/1000" in scale
+    assert any(line.split()[:2] == ["10", "types"] and " - " in line for line in scale.split("\n"))
