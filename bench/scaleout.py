@@ -136,7 +136,9 @@ def running_daemons(
                 StatsInterface=address,
                 StatsPattern="/",
             )
-            argv, env = daemon_argv(config, (), "twistd")
+            # No pidfile: the daemons share a directory, and twistd refuses to start
+            # beside a live pidfile.
+            argv, env = daemon_argv(config, (), "twistd", ("--pidfile=",))
             log = directory / f"daemon-{n}.log"
             daemons.append(DaemonProcess(argv, cwd=directory, env=daemon_env(env), log_path=log))
         for address, daemon in zip(addresses, daemons, strict=True):
