@@ -291,7 +291,9 @@ def _scaleout(s: dict[str, Any]) -> list[str]:
         f"  one Redis core, on paper: {redis['commands_per_task']:.2f} commands and "
         f"{redis['cpu_us_per_task']:.0f} us per task ({redis['commands_per_s_per_core']:.0f} "
         f"commands/s) is {redis['tasks_per_s_per_core']:.0f} tasks/s: "
-        f"{redis['daemons_per_core']:.0f} daemons at one daemon's rate here, or "
+        f"{redis['daemons_per_core']:.0f} daemons at one daemon's rate here, "
+        f"{redis['daemons_per_core_at_their_ceiling']:.0f} at their single-core ceiling "
+        f"({redis['daemon_single_core_ceiling']:.0f} tasks/s each), or "
         f"{redis['hosts_per_core']:.0f} hosts like this one at their ceiling",
     ]
 

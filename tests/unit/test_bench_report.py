@@ -117,6 +117,9 @@ def test_scaleout_summary_finds_the_ceiling_and_what_one_redis_carries() -> None
     assert redis["commands_per_s_per_core"] == pytest.approx(2.5e6 / 30)
     assert redis["daemons_per_core"] == pytest.approx(1e6 / 30 / 1000)
     assert redis["hosts_per_core"] == pytest.approx(1e6 / 30 / 1600)
+    # 0.3 CPU s per 1000 tasks: 3333 tasks/s for a daemon with a core of its own.
+    assert redis["daemon_single_core_ceiling"] == pytest.approx(1000 / 0.3)
+    assert redis["daemons_per_core_at_their_ceiling"] == pytest.approx(10)
 
 
 def test_single_core_ceiling_is_1000_over_cpu_per_1000_tasks_for_each_process() -> None:
