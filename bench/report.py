@@ -636,6 +636,10 @@ def plot_cost(doc: dict[str, Any], path: str) -> str:
             have = [x for x in xs if rate_key in by[str(x)]]
             if not have:
                 continue
+            # The original crashes in some drains: say where its line skips a point.
+            missing = [str(x) for x in xs if x not in have]
+            if missing:
+                label = f"{label} (crashed at {', '.join(missing)})"
             line = {"label": label, "color": color, "marker": marker}
             rate_ax.plot(have, [by[str(x)][rate_key] for x in have], **line)
             cpu_ax.plot(have, [by[str(x)][cpu_key] for x in have], **line)
