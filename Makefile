@@ -63,8 +63,9 @@ screenshots: venv check-redis
 	GOOPHRY_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q -n 0 -m browser \
 	    tests/browser/test_dashboard.py::test_screenshots_of_every_page
 
+# The cost figure goes where README.rst shows it.
 bench: venv check-redis
-	$(BIN)/python -m bench $(if $(ORIGINAL),--original $(ORIGINAL))
+	$(BIN)/python -m bench --plot-to docs/bench-cost.png $(if $(ORIGINAL),--original $(ORIGINAL))
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache _trial_temp .demo

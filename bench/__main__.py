@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -16,7 +17,8 @@ from bench import report, scenarios
 from bench.daemon import DEFAULT_DAEMON_CMD, STANDIN_DAEMON_CMD
 from tests.helpers import REPO_ROOT
 
-SCENARIOS = ("throughput", "latency", "idle", "cost", "scale")
+#: In the order they run: the scale-out last, as it starts daemons of its own.
+SCENARIOS = ("throughput", "latency", "idle", "cost", "scale", "scaleout")
 
 
 def _ints(text: str) -> list[int]:
@@ -60,14 +62,18 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("scenario", nargs="?", choices=("all", *SCENARIOS), default="all")
     p.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
     p.add_argument("--workers", type=_ints, help="throughput/cost Workers (default 1,8,64,256)")
-    p.add_argument("--n", type=int, help="tasks per throughput run (default 5000)")
-    p.add_argument("--repeats", type=int, help="raw/ours alternations (default 3; scale 2)")
+    p.add_argument("--n", type=int, help="tasks per drain (default 5000)")
+    p.add_argument(
+        "--repeats", type=int, help="raw/ours alternations (default 3; scale and scaleout 2)"
+    )
     p.add_argument("--rate", type=float, default=100.0, help="latency pushes per second")
     p.add_argument("--samples", type=int, help="latency samples per consumer (default 1000)")
     p.add_argument("--rounds", type=int, default=2, help="latency alternations")
     p.add_argument("--idle-types", type=int, default=10)
     p.add_argument("--idle-seconds", type=float, help="default 10")
     p.add_argument("--types", type=_ints, help="scale: task type counts (default 1,10,50)")
+    p.add_argument("--daemons", type=_ints, help="scaleout: daemons on one Redis (default 1,2,3)")
+    p.add_argument("--daemon-workers", type=int, default=8, help="scaleout: Workers of each daemon")
     p.add_argument(
         "--daemon-cmd",
         default=DEFAULT_DAEMON_CMD,
@@ -87,12 +93,26 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--results", default=report.RESULTS, help="directory for JSON and PNG")
     p.add_argument("--no-save", action="store_true", help="print only; write no results")
+    p.add_argument(
+        "--plot-to",
+        metavar="PNG",
+        help="also draw the cost figure (rate and CPU per 1000 tasks against Workers and "
+        "types) here; make bench draws docs/bench-cost.png",
+    )
+    p.add_argument(
+        "--plot-from",
+        metavar="JSON",
+        help="run nothing: draw the cost figure of a recorded run (with --plot-to)",
+    )
     a = p.parse_args(argv)
     q = a.quick
     a.n = a.n or (1000 if q else 5000)
     a.samples = a.samples or (200 if q else 1000)
     a.idle_seconds = a.idle_seconds or (3.0 if q else 10.0)
     a.types = a.types or ([1, 10] if q else [1, 10, 50])
+    a.daemons = a.daemons or [1, 2, 3]
+    if a.plot_from and not a.plot_to:
+        p.error("--plot-from needs --plot-to")
     if a.standin:
         a.daemon_cmd = STANDIN_DAEMON_CMD
     return a
@@ -115,6 +135,10 @@ def run_one(b: scenarios.Bench, name: str, a: argparse.Namespace, scn: dict[str,
     elif name == "scale":
         scn[name] = scenarios.scale(
             b, a.types, a.n, a.repeats or (1 if q else 2), waves=2 if q else 8
+        )
+    elif name == "scaleout":
+        scn[name] = scenarios.scaleout(
+            b, a.daemons, a.n, a.daemon_workers, a.repeats or (1 if q else 2)
         )
 
 
@@ -158,6 +182,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "sigterm": {"exit_codes": [c for c, _ in stops], "seconds": [s for _, s in stops]},
         "scenarios": scn,
     }
+    doc["single_core_ceilings"] = report.single_core_ceilings(scn)
     doc["targets"] = report.targets(doc)
     return doc
 
@@ -165,11 +190,17 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the table, write JSON and PNG."""
     a = parse(argv)
+    if a.plot_from:
+        with open(a.plot_from) as f:
+            print(f"written: {report.plot_cost(json.load(f), a.plot_to)}")
+        return 0
     doc = run(a)
     print(report.render(doc))
     if not a.no_save:
         path, png = report.write(doc, doc["started"].replace(":", ""), a.results)
         print(f"\nwritten: {path}, {os.path.join(a.results, 'latest.json')}, {png}")
+    if a.plot_to:
+        print(f"written: {report.plot_cost(doc, a.plot_to)}")
     return 1 if doc["errors"] else 0
 
 

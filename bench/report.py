@@ -19,6 +19,8 @@ HEARTBEAT_PER_S = 2.0
 #: Cores taken by other processes during a timed run above which figures are suspect.
 BUSY_CORES = 0.25
 HEARTBEAT_PHASE_PER_S = 0.5
+#: An empty cell: a figure the run could not take (the original crashed in that drain).
+NAN = float("nan")
 
 
 def _target(name: str, value: float, limit: str, ok: bool | None) -> dict[str, Any]:
@@ -139,6 +141,37 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 a["peak_children"] >= a["children"],
             )
         )
+    ours = single_core_ceilings(scn).get("ours")
+    if ours:
+        out.append(
+            _target(
+                "single-core ceiling of one daemon (tasks/s, lowest of the drains)",
+                min(rate for _, rate in ours),
+                "report; past it, run another daemon",
+                None,
+            )
+        )
+    scaleout = scn.get("scaleout")
+    if scaleout:
+        c = scaleout["ceiling"]
+        out.append(
+            _target(
+                f"scale-out ceiling here (tasks/s, {c['daemons']} daemons)",
+                c["rate"],
+                "report",
+                None,
+            )
+        )
+        for count, r in scaleout["by_daemons"].items():
+            if count != "1":
+                out.append(
+                    _target(
+                        f"scale-out fairness, {count} daemons (smallest share x {count})",
+                        r["fairness"],
+                        "report; 1 is even",
+                        None,
+                    )
+                )
     for name in ("throughput", "scale"):
         for group in ("by_workers", "by_types"):
             for k, r in scn.get(name, {}).get(group, {}).items():
@@ -146,7 +179,11 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     out.append(_target(f"{name} {k}: failed tasks", r["failed"], "== 0", False))
     busy = [
         r["other_load_cores"]
-        for name, group in (("throughput", "by_workers"), ("scale", "by_types"))
+        for name, group in (
+            ("throughput", "by_workers"),
+            ("scale", "by_types"),
+            ("scaleout", "by_daemons"),
+        )
         for r in scn.get(name, {}).get(group, {}).values()
     ]
     if busy:
@@ -181,6 +218,86 @@ def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Who is measured in the throughput and scale drains, and the key of its CPU figure.
+WHO = {
+    "ours": "ours_cpu_per_1000_s",
+    "original": "original_cpu_per_1000_s",
+    "raw": "raw_cpu_per_1000_s",
+}
+
+
+def _cases(scn: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The drains of the throughput and scale scenarios, each with its label."""
+    return [
+        *((f"Workers {w}", r) for w, r in scn.get("throughput", {}).get("by_workers", {}).items()),
+        *((f"{t} types", r) for t, r in scn.get("scale", {}).get("by_types", {}).items()),
+    ]
+
+
+def single_core_ceilings(scn: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """Tasks/s each process would reach with one core of its own, per drain.
+
+    A daemon's own work runs on one core (one reactor thread; its spawning threads
+    wait in the kernel), so 1000 over its CPU seconds per 1000 tasks is the rate
+    past which a second daemon, not a bigger machine, is what helps.
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for who, key in WHO.items():
+        by_case = [(case, 1000 / r[key]) for case, r in _cases(scn) if r.get(key, 0) > 0]
+        if by_case:
+            out[who] = by_case
+    return out
+
+
+def _scaleout(s: dict[str, Any]) -> list[str]:
+    """The scale-out table and what it says of the ceiling and of one Redis."""
+    rows = [
+        [
+            count,
+            r["rate"],
+            r["rate"] / s["by_daemons"][min(s["by_daemons"], key=int)]["rate"],
+            r["fairness"],
+            " / ".join(" ".join(f"{x:.0%}" for x in shares) for shares in r["shares"]),
+            r["commands_per_task"],
+            r["redis_cpu_us_per_task"],
+            r["daemon_cpu_per_1000_s"],
+            r["busy_cores"],
+            r["other_load_cores"],
+        ]
+        for count, r in s["by_daemons"].items()
+    ]
+    c, redis = s["ceiling"], s["redis"]
+    return [
+        _table(
+            f"scaleout: daemons with Workers {s['workers']} each on one Redis, one queue, "
+            f"N={s['entries']} /bin/true, {s['repeats']} alternations",
+            [
+                "daemons",
+                "tasks/s",
+                "x 1 daemon",
+                "fairness",
+                "shares",
+                "cmds/task",
+                "Redis CPU us/task",
+                "daemons' CPU s/1000",
+                "busy cores",
+                "other load",
+            ],
+            rows,
+        ),
+        "  (fairness: the smallest share times the daemons; 1 is even)",
+        f"  ceiling here: {c['rate']:.0f} tasks/s with {c['daemons']} daemon(s), "
+        f"{c['busy_cores']:.2f} of {c['cores']} cores busy",
+        f"  one Redis core, on paper: {redis['commands_per_task']:.2f} commands and "
+        f"{redis['cpu_us_per_task']:.0f} us per task ({redis['commands_per_s_per_core']:.0f} "
+        f"commands/s) is {redis['tasks_per_s_per_core']:.0f} tasks/s: "
+        f"{redis['daemons_per_core']:.0f} daemons at one daemon's rate here, "
+        f"{redis['daemons_per_core_at_their_ceiling']:.0f} at their single-core ceiling "
+        f"({redis['daemon_single_core_ceiling']:.0f} tasks/s each), or "
+        f"{redis['hosts_per_core']:.0f} hosts like this one at their ceiling",
+    ]
+
+
 def render(doc: dict[str, Any]) -> str:
     """The human-readable summary of a run."""
     scn = doc["scenarios"]
@@ -194,16 +311,17 @@ def render(doc: dict[str, Any]) -> str:
     parts.append(f"original: {doc.get('original_cmd') or NO_ORIGINAL}")
     if "throughput" in scn:
         t = scn["throughput"]
-        with_original = all("original_rate" in r for r in t["by_workers"].values())
+        # A drain the original crashed in leaves its cells empty, not the column.
+        with_original = any("original_rate" in r for r in t["by_workers"].values())
         rows = []
         for w, r in t["by_workers"].items():
             row = [w, r["raw_rate"], r["ours_rate"], r["ratio"]]
             row.append(" ".join(f"{x:.2f}" for x in r["pair_ratios"]))
             if with_original:
-                row[2:2] = [r["original_rate"]]
+                row[2:2] = [r.get("original_rate", NAN)]
                 row += [
-                    r["ours_to_original"],
-                    " ".join(f"{x:.2f}" for x in r["original_pair_ratios"]),
+                    r.get("ours_to_original", NAN),
+                    " ".join(f"{x:.2f}" for x in r.get("original_pair_ratios", [])) or "-",
                 ]
             rows.append([*row, r["other_load_cores"]])
         header = ["Workers", "raw/s", "ours/s", "ours/raw", "per pair"]
@@ -339,36 +457,48 @@ def render(doc: dict[str, Any]) -> str:
         )
     if "scale" in scn:
         s = scn["scale"]
-        rows = [
-            [
-                f"{t} types",
-                r["concurrency"],
-                r["raw_rate"],
-                r["ours_rate"],
-                r["ratio"],
-                r["other_load_cores"],
-            ]
-            for t, r in s["by_types"].items()
-        ]
         a = s["alive"]
-        rows.append(
-            [
-                f"{a['children']} alive",
-                a["concurrency"],
-                a["raw_rate"],
-                a["ours_rate"],
-                a["ratio"],
-                a["other_load_cores"],
-            ]
-        )
+        cases = [(f"{t} types", r) for t, r in s["by_types"].items()]
+        cases.append((f"{a['children']} alive", a))
+        with_original = any("original_rate" in r for _, r in cases)
+        rows = []
+        for case, r in cases:
+            row = [case, r["concurrency"], r["raw_rate"], r["ours_rate"], r["ratio"]]
+            cpu = [r["raw_cpu_per_1000_s"], r["ours_cpu_per_1000_s"]]
+            if with_original:
+                row[3:3] = [r.get("original_rate", NAN)]
+                row.append(r.get("ours_to_original", NAN))
+                cpu[1:1] = [r.get("original_cpu_per_1000_s", NAN)]
+            rows.append([*row, *cpu, r["other_load_cores"]])
+        header = ["case", "raw conc.", "raw/s", "ours/s", "ours/raw"]
+        cpu_header = ["raw CPU s/1000", "ours CPU s/1000"]
+        if with_original:
+            header[3:3] = ["original/s"]
+            header.append("ours/original")
+            cpu_header[1:1] = ["original CPU s/1000"]
         parts.append(
             _table(
                 f"scale: Workers {s['workers_per_type']} per type; alive: {a['script']}, "
                 f"ideal {a['ideal_rate']:.0f}/s, peak children seen {a['peak_children']}",
-                ["case", "raw conc.", "raw/s", "ours/s", "ratio", "other load"],
+                [*header, *cpu_header, "other load"],
                 rows,
             )
         )
+    ceilings = single_core_ceilings(scn)
+    if ceilings:
+        parts.append(
+            "\nsingle-core ceiling of one process (1000 / its CPU s per 1000 tasks, its "
+            "scripts' CPU left out; tasks/s):"
+        )
+        for who, by_case in ceilings.items():
+            rates = [rate for _, rate in by_case]
+            parts.append(
+                f"  {who:>8}: {min(rates):.0f}-{max(rates):.0f}  ("
+                + ", ".join(f"{case} {rate:.0f}" for case, rate in by_case)
+                + ")"
+            )
+    if "scaleout" in scn:
+        parts.extend(_scaleout(scn["scaleout"]))
     rows = [
         [
             t["target"],
@@ -465,5 +595,82 @@ def plot(doc: dict[str, Any], path: str) -> str:
     fig.suptitle(f"Goophry benchmark {doc['started']} ({doc['machine']['cores']} cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+#: How each process is drawn in the cost figure.
+STYLE = {
+    "ours": ("goophry", "tab:blue", "o"),
+    "original": ("Go original", "tab:orange", "D"),
+    "raw": ("raw posix_spawn loop", "0.55", "s"),
+}
+
+
+def plot_cost(doc: dict[str, Any], path: str) -> str:
+    """Drain rate and CPU per 1000 tasks against Workers and against task types.
+
+    Four panels, each with ours, the original (when it ran) and the raw loop, so
+    that a reader sees how each grows; the raw loop runs at the same concurrency
+    (Workers, or Workers times types).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scn = doc["scenarios"]
+    axes_of = (
+        ("Workers (one type)", scn.get("throughput", {}).get("by_workers", {})),
+        (
+            f"task types (Workers {scn.get('scale', {}).get('workers_per_type', '?')} each)",
+            scn.get("scale", {}).get("by_types", {}),
+        ),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for (xlabel, by), (rate_ax, cpu_ax) in zip(axes_of, axes, strict=True):
+        xs = sorted(int(k) for k in by)
+        for who, (label, color, marker) in STYLE.items():
+            rate_key = f"{who}_rate"
+            cpu_key = WHO[who]
+            have = [x for x in xs if rate_key in by[str(x)]]
+            if not have:
+                continue
+            # The original crashes in some drains: say where its line skips a point.
+            missing = [str(x) for x in xs if x not in have]
+            if missing:
+                label = f"{label} (crashed at {', '.join(missing)})"
+            line = {"label": label, "color": color, "marker": marker}
+            rate_ax.plot(have, [by[str(x)][rate_key] for x in have], **line)
+            cpu_ax.plot(have, [by[str(x)][cpu_key] for x in have], **line)
+        for ax, ylabel in ((rate_ax, "tasks/s (/bin/true)"), (cpu_ax, "CPU s per 1000 tasks")):
+            if xs:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(xs, [str(x) for x in xs])
+                ax.minorticks_off()
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            if ax.lines:
+                ax.legend(loc="best", fontsize=8)
+        rate_ax.set_title(f"drain rate against {xlabel.split(' (')[0]}")
+        cpu_ax.set_title(
+            f"own CPU per 1000 tasks (scripts left out) against {xlabel.split(' (')[0]}"
+        )
+    ceilings = single_core_ceilings(scn).get("ours")
+    ceiling = (
+        f"\none daemon's single-core ceiling (1000 / its CPU s per 1000 tasks): "
+        f"{min(r for _, r in ceilings):.0f}-{max(r for _, r in ceilings):.0f} tasks/s"
+        if ceilings
+        else ""
+    )
+    load = max((r["other_load_cores"] for _, r in _cases(scn)), default=float("nan"))
+    fig.suptitle(
+        f"Goophry benchmark {doc['started']} ({doc['machine']['cores']} cores; other work took "
+        f"up to {load:.2f} of them){ceiling}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -22,6 +22,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.daemon import NO_STATS, STANDIN_DAEMON_CMD, Counts, Daemon, TaskSpec
 from bench.inotify import CreationWatcher
+from bench.scaleout import daemon_counts, describe_summary, summarise
 from goophry_tx.keys import Keys
 from tests.helpers import RedisConnection, RedisServer, encode_command
 
@@ -625,9 +626,15 @@ def scale(
             warmup=min(n, 500),
         )
         by_types[str(t)] = r
+        original = (
+            f"original {r['original_rate']:.0f}/s, ours/original {r['ours_to_original']:.2f}, "
+            if "original_rate" in r
+            else ""
+        )
         b.log(
             f"  types={t} (Workers {workers} each): raw {r['raw_rate']:.0f}/s, ours "
-            f"{r['ours_rate']:.0f}/s, ratio {r['ratio']:.2f} ({time.monotonic() - t0:.1f} s)"
+            f"{r['ours_rate']:.0f}/s, {original}ratio to raw {r['ratio']:.2f} "
+            f"({time.monotonic() - t0:.1f} s)"
         )
     t0 = time.monotonic()
     entry = json.dumps({"Args": [str(sleep_s)]}).encode()
@@ -652,3 +659,35 @@ def scale(
         "by_types": by_types,
         "alive": {"children": alive, "script": f"{SLEEP} {sleep_s}", **r},
     }
+
+
+#: How the scale-out scenario measures.
+SCALEOUT_METHOD = (
+    "1, 2, 3... daemons (twistd -n goophry: --daemon-cmd does not apply, each daemon's "
+    "Succeeded is read from its stats) with Workers W each "
+    "on the benchmark's Redis, one queue; a warm-up drain of a tenth of N, then N /bin/true "
+    "entries pushed at once and timed until the daemons' Succeeded has grown by N. Redis CPU "
+    "from INFO cpu, commands from INFO commandstats (the pushes and the harness's INFO left "
+    "out), busy cores from /proc/stat over the drain; counts alternate, figures are medians."
+)
+
+
+def scaleout(
+    b: Bench, counts: Sequence[int], entries: int, workers: int, repeats: int
+) -> dict[str, Any]:
+    """Several daemons on one Redis draining one queue: this machine's ceiling, Redis's share."""
+    assert b.redis is not None
+    directory = Path(tempfile.mkdtemp(dir=b.workdir, prefix="scaleout-"))
+    try:
+        drains = daemon_counts(
+            directory, b.redis, counts, entries, workers, repeats, lambda line: b.log(f"  {line}")
+        )
+    except AssertionError as e:
+        # The harness's bounded waits raise it: a daemon that did not start or a drain
+        # that did not end fails this scenario, not the benchmark.
+        raise RuntimeError(str(e)) from e
+    out = summarise(drains, os.cpu_count() or 1)
+    out.update(method=SCALEOUT_METHOD, workers=workers, repeats=repeats)
+    for line in describe_summary(out):
+        b.log(f"  {line}")
+    return out
