@@ -52,7 +52,8 @@ from goophry_tx.process.libc_spawn import LibcSpawner
 _READ_SIZE = 65536
 
 #: Seconds after which a child whose output has not ended is watched by
-#: pidfd, in case a grandchild holds its pipe open.
+#: pidfd, in case a grandchild holds its pipe open (checked once per this
+#: delay, so it may be up to twice as long).
 EXIT_WATCH_DELAY = 0.05
 
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
@@ -587,7 +588,11 @@ class PosixSpawner:
         while pending and pending[0][0] <= now:
             pending.popleft()[1].watch_exit()
         if pending:
-            delay = max(0.0, pending[0][0] - now)
+            # Not sooner than a whole delay from now: one timer per delay
+            # for all the children started meanwhile, not one per child (a
+            # child still running gets its pidfd at most twice the delay
+            # after it started).
+            delay = max(EXIT_WATCH_DELAY, pending[0][0] - now)
             self._sweep = self._reactor.callLater(delay, self._watch_due)
 
     def close(self) -> None:
