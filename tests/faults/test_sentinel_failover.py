@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ENTRIES = 600
 DAEMONS = 2
 WORKERS = 4
+#: How long each task's script runs, in seconds.
+RUN_SECONDS = 0.05
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SENTINEL FAILOVER"])
@@ -49,7 +51,9 @@ def test_daemons_follow_a_failover_and_lose_nothing(
 ) -> None:
     group = sentinel_group
     ran = tmp_path / "ran"
-    script = write_script(tmp_path, "record.sh", f'echo "$1" >> {ran}')
+    # Each run takes a while, so that the drain (about 4 s) is still going
+    # when the failover comes, however fast the daemons take and spawn.
+    script = write_script(tmp_path, "record.sh", f'echo "$1" >> {ran}; sleep {RUN_SECONDS}')
     config = write_config(
         tmp_path,
         RedisSentinels=group.addresses,
