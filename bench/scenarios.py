@@ -87,6 +87,47 @@ class CommandMeter:
         return {k: v for k, v in sorted(delta.items()) if v}
 
 
+class RoundTripMeter:
+    """
+    The commands clients sent between C{start} and C{stop}, by name, read
+    from C{MONITOR}: what a Lua script calls inside Redis is shown there as
+    coming from C{lua} and is not counted, so a script is one command, as
+    it is one round trip (C{INFO commandstats} counts its inner calls too).
+    """
+
+    #: Sent by the meter to mark the end of its window.
+    MARK = "goophry-bench-round-trips-end"
+
+    def __init__(self, client: RedisConnection, port: int) -> None:
+        self.client = client
+        self.port = port
+        self.monitor: RedisConnection | None = None
+
+    def start(self) -> None:
+        self.monitor = RedisConnection("127.0.0.1", self.port)
+        self.monitor.call("MONITOR")
+
+    def stop(self) -> dict[str, int]:
+        """Per-command counts since C{start} (the window ends at the mark)."""
+        assert self.monitor is not None
+        self.client.call("ECHO", self.MARK)
+        counts: collections.Counter[str] = collections.Counter()
+        try:
+            while True:
+                line = self.monitor.read()
+                text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+                # 1733150000.123456 [0 127.0.0.1:54321] "EVAL" "..."
+                source, _, rest = text.partition("] ")
+                name = rest.split(" ", 1)[0].strip('"').lower()
+                if name == "echo" and self.MARK in rest:
+                    break
+                if not source.endswith(" lua"):
+                    counts[name] += 1
+        finally:
+            self.monitor.close()
+        return dict(sorted(counts.items()))
+
+
 class DaemonExited(RuntimeError):
     """The daemon under test ended while a drain was being timed."""
 
@@ -329,6 +370,17 @@ def _spread(
 ORIGINAL_QUEUE_KEY = "bench-original"
 
 
+#: How many times, in one comparison, the original is started again after a crash.
+ORIGINAL_RESTARTS = 3
+
+
+def _clear(b: Bench, queue_key: str) -> None:
+    """Delete every key under C{queue_key}: what a crashed daemon left."""
+    keys = b.rc.call("KEYS", f"{queue_key}:*")
+    if keys:
+        b.rc.call("DEL", *keys)
+
+
 def _compare(
     b: Bench,
     tasks: list[TaskSpec],
@@ -365,19 +417,30 @@ def _compare(
                 b.daemon(tasks, cmd=b.original_cmd, queue_key=ORIGINAL_QUEUE_KEY)
             )
         warm = {t: v[: max(1, warmup // len(pushes))] for t, v in pushes.items()}
+        crashes = 0
         for _ in range(repeats):
-            try:
-                if o is not None and warmup and not origs:
-                    b.drain(o, warm)
-                if o is not None:
+            while o is not None:
+                try:
+                    if warmup and not origs:
+                        b.drain(o, warm)
                     timed(o, origs, drain(o))
-            except DaemonExited as e:
-                # The original is measured, not trusted: its crash is a finding, not
-                # the end of the run.
-                note = f"original: at concurrency {concurrency}: {e}"
-                b.notes.append(note)
-                b.log(f"  note: {note}")
-                o = None
+                    break
+                except DaemonExited as e:
+                    # The original is measured, not trusted: its crash is a finding, not
+                    # the end of the run.  It crashes at random (a race in its stats), so
+                    # it is started again, on an empty queue, and the drain run again.
+                    crashes += 1
+                    note = f"original: at concurrency {concurrency}: {e}"
+                    b.notes.append(note)
+                    b.log(f"  note: {note}")
+                    if crashes > ORIGINAL_RESTARTS:
+                        o = None
+                        break
+                    _clear(b, ORIGINAL_QUEUE_KEY)
+                    o = stack.enter_context(
+                        b.daemon(tasks, cmd=b.original_cmd, queue_key=ORIGINAL_QUEUE_KEY)
+                    )
+                    b.log(f"  original started again ({crashes} of {ORIGINAL_RESTARTS})")
             if warmup and not ours:
                 b.drain(d, warm)
             timed(d, ours, drain(d))
@@ -413,6 +476,8 @@ def _compare(
             original_peak_rss_kb=max(g["peak_rss_kb"] for g in origs),
         )
         out["runs"]["original"] = origs
+    if b.original_cmd is not None:
+        out["original_crashes"] = crashes
     if count_children:
         out["peak_children"] = max(o["peak_children"] for o in ours)
     return out
@@ -479,7 +544,8 @@ def _idle(b: Bench, types: int, seconds: float, workers: int, settle: float) -> 
     tasks = [TaskSpec(f"t{i}", TRUE, workers) for i in range(types)]
     with b.daemon(tasks) as d:
         time.sleep(settle)
-        meter = CommandMeter(b.rc)
+        assert b.redis is not None
+        meter = RoundTripMeter(b.rc, b.redis.port)
         meter.start()
         cpu0, ns0, t0 = d.cpu_s(), d.cpu_ns_precise(), time.monotonic()
         time.sleep(seconds)
