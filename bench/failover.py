@@ -203,7 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     rounds = []
-    started = time.time()
+    started = time.monotonic()
     for n in range(opts.failovers):
         with tempfile.TemporaryDirectory(prefix="goophry-failover-") as directory:
             result = run_round(Path(directory), opts)
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"lost={lost} repeated total={sum(repeated)} "
         f"(max {max(repeated)} in one) pause median={statistics.median(pauses):.2f}s "
         f"max={max(pauses):.2f}s drain median={statistics.median(drains):.1f}s "
-        f"max={max(drains):.1f}s, {time.time() - started:.0f}s in all"
+        f"max={max(drains):.1f}s, {time.monotonic() - started:.0f}s in all"
     )
     if opts.json:
         data = {"options": vars(opts), "rounds": [asdict(r) for r in rounds]}
