@@ -2,7 +2,8 @@
 Failover measurement: what a Sentinel failover costs the daemons.
 
 ``python -m bench.failover [--failovers 10] [--entries 2000] [--daemons 2] [--workers 4]
-[--how kill|sentinel] [--wait-replicas 0] [--json out.json]``
+[--how kill|sentinel] [--wait-replicas 0] [--min-replicas-to-write 0] [--stall 60]
+[--json out.json]``
 
 Each round starts a master, a replica and three sentinels on loopback ports
 (the suite's own harness, ``tests.helpers.SentinelGroup``), pushes the
@@ -13,6 +14,10 @@ runs (``--how sentinel``).  Once everything has drained from the new master
 it counts, from the script's record file, the entries that never ran (lost)
 and the runs beyond the first (repeated), and how long no task ran around
 the failover (the pause).
+
+The drain has no fixed limit: with ``RedisWaitReplicas`` on and no replica
+left, each take waits a second, and 1,300 entries take minutes.  A round
+fails only when no task has ended for ``--stall`` seconds.
 
 The exit status is non-zero when an entry is lost.
 """
@@ -26,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +61,35 @@ class Round:
     drain: float
 
 
+def wait_for_progress(
+    predicate: Callable[[], bool],
+    progress: Callable[[], int],
+    stall: float,
+    interval: float = 0.1,
+    message: Callable[[], str] = lambda: "condition not met",
+) -> None:
+    """
+    Poll C{predicate} until it is true, for as long as C{progress} grows.
+
+    A drain's length depends on the set-up (a second per take while
+    C{WAIT} times out), so it is bounded by the longest time without
+    progress rather than by a total.
+
+    @param progress: a count that grows while the work goes on.
+    @param stall: how long C{progress} may stay the same before this fails.
+    """
+    seen = progress()
+    last_change = time.monotonic()
+    while not predicate():
+        now = time.monotonic()
+        current = progress()
+        if current != seen:
+            seen, last_change = current, now
+        elif now - last_change >= stall:
+            raise AssertionError(f"no progress for {stall:g}s: {message()}")
+        time.sleep(interval)
+
+
 def run_round(directory: Path, opts: argparse.Namespace) -> Round:
     count = iter(range(1_000_000))
 
@@ -67,6 +101,10 @@ def run_round(directory: Path, opts: argparse.Namespace) -> Round:
     group = SentinelGroup(lambda **config: RedisServer(folder(), **config).start(), folder)
     daemons: list[DaemonProcess] = []
     try:
+        if opts.min_replicas_to_write:
+            # The master only: the replica, once promoted, has no replica of
+            # its own until the old master rejoins, and would refuse writes.
+            group.master.cli("CONFIG", "SET", "min-replicas-to-write", opts.min_replicas_to_write)
         record = directory / "ran"
         script = write_script(directory, "record.sh", f'echo "$1 $(date +%s.%N)" >> {record}')
         config = write_config(
@@ -113,7 +151,7 @@ def run_round(directory: Path, opts: argparse.Namespace) -> Round:
             logs = "\n".join(d.log_text()[-3000:] for d in daemons)
             return f"everything to drain from the new master: {missing} never ran\n{logs}"
 
-        wait_for(drained, 120, interval=0.1, message=stuck)
+        wait_for_progress(drained, lambda: len(runs()), opts.stall, message=stuck)
         drain = time.time() - failed_at
         done = runs()
         counts = Counter(name for name, _ in done)
@@ -146,6 +184,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--wait-replicas", type=int, default=0, help="the daemons' RedisWaitReplicas"
     )
+    parser.add_argument(
+        "--min-replicas-to-write",
+        type=int,
+        default=0,
+        help="the master's min-replicas-to-write (Redis's own guard against a stale master)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=60.0,
+        help="seconds without a task ending before a round's drain counts as stuck",
+    )
     parser.add_argument("--json", help="write every round's figures here")
     return parser.parse_args(argv)
 
@@ -153,6 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     rounds = []
+    started = time.monotonic()
     for n in range(opts.failovers):
         with tempfile.TemporaryDirectory(prefix="goophry-failover-") as directory:
             result = run_round(Path(directory), opts)
@@ -166,12 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     lost = sum(r.lost for r in rounds)
     repeated = [r.repeated for r in rounds]
     pauses = [r.pause for r in rounds]
+    drains = [r.drain for r in rounds]
+    min_replicas = (
+        f", min-replicas-to-write={opts.min_replicas_to_write}"
+        if opts.min_replicas_to_write
+        else ""
+    )
     print(
         f"{len(rounds)} failovers ({opts.how}), {opts.entries} entries each, {opts.daemons} "
-        f"daemons x {opts.workers} workers, RedisWaitReplicas={opts.wait_replicas}: "
+        f"daemons x {opts.workers} workers, RedisWaitReplicas={opts.wait_replicas}"
+        f"{min_replicas}: "
         f"lost={lost} repeated total={sum(repeated)} "
         f"(max {max(repeated)} in one) pause median={statistics.median(pauses):.2f}s "
-        f"max={max(pauses):.2f}s"
+        f"max={max(pauses):.2f}s drain median={statistics.median(drains):.1f}s "
+        f"max={max(drains):.1f}s, {time.monotonic() - started:.0f}s in all"
     )
     if opts.json:
         data = {"options": vars(opts), "rounds": [asdict(r) for r in rounds]}
