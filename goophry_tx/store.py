@@ -16,7 +16,7 @@ import collections
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,7 +76,13 @@ class OutcomeStore:
         self._clock = clock
         self._replicas = replicas
         self._retry = Retry(clock, retry_delay)
+        #: Outcome writes on their way (failures, retries, requeues).
         self._pending: set[Deferred[None]] = set()
+        #: Removals of finished entries on their way (one per batch): the
+        #: hot path, counted rather than given a Deferred each.
+        self._removals = 0
+        #: Told whenever a write or a removal has ended (L{flush}).
+        self._ended_waiters: list[Deferred[None]] = []
         self._finished: dict[str, list[bytes]] = {}
         self._removing: set[str] = set()
         self._unwritten: dict[str, collections.Counter[bytes]] = collections.defaultdict(
@@ -85,7 +91,15 @@ class OutcomeStore:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Writes and removals on their way to Redis."""
+        return len(self._pending) + self._removals
+
+    def _ended(self) -> None:
+        """A write or a removal has ended: tell whoever waits for one."""
+        if self._ended_waiters:
+            waiters, self._ended_waiters = self._ended_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def unwritten(self, task_type: str) -> list[bytes]:
         """The payloads of C{task_type} whose outcome is not written yet, once per entry."""
@@ -109,8 +123,7 @@ class OutcomeStore:
         payloads, self._finished[task_type] = self._finished[task_type], []
         self._removing.add(task_type)
         inflight = self._inflight(task_type)
-        done: Deferred[None] = Deferred()
-        self._pending.add(done)
+        self._removals += 1
 
         def attempt() -> None:
             if len(payloads) == 1:
@@ -120,7 +133,7 @@ class OutcomeStore:
             self._replicated(d).addCallbacks(written, retry)
 
         def written(_: object) -> None:
-            self._pending.discard(done)
+            self._removals -= 1
             unwritten = self._unwritten[task_type]
             for payload in payloads:
                 unwritten[payload] -= 1
@@ -129,7 +142,7 @@ class OutcomeStore:
             self._removing.discard(task_type)
             if self._finished[task_type]:
                 self._remove_finished(task_type)
-            done.callback(None)
+            self._ended()
 
         def retry(failure: Failure) -> None:
             if self._retry.later(failure, self._link, attempt):
@@ -258,6 +271,7 @@ class OutcomeStore:
         unwritten[payload] -= 1
         if unwritten[payload] <= 0:
             del unwritten[payload]
+        self._ended()
 
     def flush(self, timeout: float) -> Deferred[int]:
         """
@@ -266,7 +280,7 @@ class OutcomeStore:
         Fires with the number still unwritten: their entries stay in the
         in-flight list, to be recovered and run again.
         """
-        if not self._pending:
+        if not self.pending:
             return succeed(0)
         result: Deferred[int] = Deferred()
 
@@ -279,9 +293,11 @@ class OutcomeStore:
         def check(_: object = None) -> None:
             if result.called:
                 return
-            if self._pending:
+            if self.pending:
                 # Writes finishing may start the next ones: wait for those too.
-                DeferredList(list(self._pending), consumeErrors=True).addBoth(check)
+                ended: Deferred[None] = Deferred()
+                self._ended_waiters.append(ended)
+                ended.addBoth(check)
                 return
             timer.cancel()
             result.callback(0)

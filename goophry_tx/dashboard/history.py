@@ -71,6 +71,8 @@ class HistoryWriter(Service):
         self._keys = keys
         self._counts: Counter[tuple[str, str]] = Counter()
         self._minute: int | None = None
+        #: When the minute of the latest count ends (a count after it starts a new one).
+        self._minute_ends = float("-inf")
         self._writing: Deferred[None] | None = None
         self._timer: IDelayedCall | None = None
 
@@ -80,14 +82,22 @@ class HistoryWriter(Service):
         outcome, on the hot path, so it only adds to a counter (and sets the
         timer when none is set).
         """
-        minute = minute_of(self._now())
-        if minute != self._minute and self._counts and self._writing is None:
-            # The previous minute's counts go to their own hash first.
-            self.flush()
-        self._minute = minute
-        self._counts[(what, task_type)] += 1
+        now = self._now()
+        if now >= self._minute_ends:
+            self._new_minute(now)
+        counts = self._counts
+        key = (what, task_type)
+        counts[key] = counts.get(key, 0) + 1
         if self._timer is None and self.running:
             self._timer = self._clock.callLater(self._interval, self._due)
+
+    def _new_minute(self, now: float) -> None:
+        """The first count of a minute: the previous minute's counts go to their own hash."""
+        minute = minute_of(now)
+        if minute != self._minute and self._counts and self._writing is None:
+            self.flush()
+        self._minute = minute
+        self._minute_ends = (minute + 1) * 60.0
 
     def _due(self) -> None:
         self._timer = None
