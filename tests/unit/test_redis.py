@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 import txredisapi
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -23,6 +29,7 @@ from goophry_tx.redis import (
     Retry,
     _Protocol,
     encode_command,
+    write_now,
 )
 from tests.unit.fakes import FakeRedisLink, failure_result_of, success_result_of
 
@@ -214,3 +221,97 @@ def test_cancel_forgets_every_retry_to_come() -> None:
     link.reconnect()
     clock.advance(10)
     assert calls == []
+
+
+# Writing at once (write_now)
+
+
+class SocketTransport(FileDescriptor):
+    """A socket's own transport, as Twisted's TCP and unix ones are, over one end of a pair."""
+
+    def __init__(self, sock: socket.socket, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self.socket = sock
+        self.connected = True
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def writeSomeData(self, data: bytes) -> int:
+        return self.socket.send(data)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[SocketTransport, socket.socket, MemoryReactorClock]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    reactor = MemoryReactorClock()
+    yield SocketTransport(ours, reactor), peer, reactor
+    ours.close()
+    peer.close()
+
+
+def test_a_command_goes_out_at_once_when_nothing_is_buffered(
+    pair: tuple[SocketTransport, socket.socket, MemoryReactorClock],
+) -> None:
+    transport, peer, reactor = pair
+    write_now(transport, b"*1\r\n$4\r\nPING\r\n")
+    assert peer.recv(100) == b"*1\r\n$4\r\nPING\r\n"
+    # Nothing left for the reactor's next turn.
+    assert reactor.getWriters() == []
+
+
+def test_what_is_buffered_goes_first(
+    pair: tuple[SocketTransport, socket.socket, MemoryReactorClock],
+) -> None:
+    transport, peer, reactor = pair
+    transport.write(b"first ")
+    write_now(transport, b"second")
+    # Both wait for the reactor, in order.
+    assert reactor.getWriters() == [transport]
+    transport.doWrite()
+    assert peer.recv(100) == b"first second"
+
+
+def test_what_the_socket_does_not_take_is_buffered_in_order(
+    pair: tuple[SocketTransport, socket.socket, MemoryReactorClock],
+) -> None:
+    transport, peer, reactor = pair
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 4096
+    write_now(transport, data)
+    # The socket took what it could; the rest waits for the reactor.
+    assert reactor.getWriters() == [transport]
+    received = b""
+    while len(received) < len(data):
+        received += peer.recv(65536)
+        transport.doWrite()
+    assert received == data
+
+
+def test_an_error_is_left_to_twisted(
+    pair: tuple[SocketTransport, socket.socket, MemoryReactorClock],
+) -> None:
+    transport, peer, reactor = pair
+    peer.close()
+    write_now(transport, b"*1\r\n$4\r\nPING\r\n")
+    # Buffered: Twisted's own write meets the error and reports the loss.
+    assert reactor.getWriters() == [transport]
+
+
+def test_a_wrapper_is_never_written_under(
+    pair: tuple[SocketTransport, socket.socket, MemoryReactorClock],
+) -> None:
+    # A TLS wrapper hands unknown attributes (socket, dataBuffer) on to the
+    # transport under it: plain text must not reach that socket.
+    transport, peer, _ = pair
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(transport)
+    written: list[bytes] = []
+    wrapper.write = written.append  # type: ignore[method-assign]
+    write_now(wrapper, b"secret")
+    assert written == [b"secret"]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
