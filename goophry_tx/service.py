@@ -44,7 +44,7 @@ from goophry_tx.reload import ConfigChange, read_again, reload_on_sighup
 from goophry_tx.replicas import ReplicaWait
 from goophry_tx.schedule import DueEntryMover, RetryTimes
 from goophry_tx.stats import Stats, queue_figures
-from goophry_tx.store import OutcomeStore
+from goophry_tx.store import REMOVE_DELAY, OutcomeStore
 from goophry_tx.twistd import exit_zero_after_clean_stop, fail_at_start, on_second_signal
 
 if TYPE_CHECKING:
@@ -276,6 +276,7 @@ class GoophryService(MultiService):
             reactor,
             failed_ttls=_failed_ttls(config.tasks),
             replicas=self.replicas,
+            remove_delay=REMOVE_DELAY,
         )
         self.notifier = ErrorNotifier(
             self.runner,

@@ -9,7 +9,7 @@ from twisted.logger import Logger, LogLevel
 
 from goophry_tx.keys import Keys
 from goophry_tx.redis import ResponseError
-from goophry_tx.store import REMOVE_SCRIPT, OutcomeStore
+from goophry_tx.store import REMOVE_DELAY, REMOVE_SCRIPT, OutcomeStore
 from goophry_tx.task import Task
 from tests.unit.fakes import FakeRedisLink, assert_no_result, success_result_of
 
@@ -47,6 +47,39 @@ def test_successes_while_a_removal_is_on_its_way_go_together() -> None:
     link.take("EVAL").answer(2)
     assert link.pending == []
     assert store.unwritten("t") == []
+
+
+def test_with_a_delay_what_finishes_meanwhile_goes_in_one_removal() -> None:
+    link, clock = FakeRedisLink(), Clock()
+    store = OutcomeStore(link, Keys("k"), "me", 60, clock, remove_delay=REMOVE_DELAY)
+    store.succeeded(task("a"))
+    clock.advance(REMOVE_DELAY / 2)
+    store.succeeded(task("b"))
+    # Nothing sent yet, but both count as on their way.
+    assert link.pending == []
+    assert store.pending == 1
+    clock.advance(REMOVE_DELAY / 2)
+    assert [p.command for p in link.pending] == [
+        ("EVAL", REMOVE_SCRIPT, 1, INFLIGHT, task("a").payload, task("b").payload)
+    ]
+    # What finishes while it is on its way goes as soon as it is back, not later.
+    store.succeeded(task("c"))
+    link.take("EVAL").answer(2)
+    assert [p.command for p in link.pending] == [("LREM", INFLIGHT, -1, task("c").payload)]
+    link.take("LREM").answer(1)
+    assert (store.pending, clock.getDelayedCalls()) == (0, [])
+
+
+def test_flush_sends_a_removal_waiting_for_its_delay_at_once() -> None:
+    link, clock = FakeRedisLink(), Clock()
+    store = OutcomeStore(link, Keys("k"), "me", 60, clock, remove_delay=REMOVE_DELAY)
+    store.succeeded(task("a"))
+    flushed = store.flush(timeout=10)
+    assert [p.command for p in link.pending] == [("LREM", INFLIGHT, -1, task("a").payload)]
+    # Its delay is cancelled: only the flush's own timeout is left.
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [10]
+    link.take("LREM").answer(1)
+    assert success_result_of(flushed) == 0
 
 
 def test_flush_waits_for_the_batch_that_a_finished_write_starts() -> None:
