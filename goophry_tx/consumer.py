@@ -17,6 +17,7 @@ held, taking nothing until it is resumed, while its running scripts finish.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -414,15 +415,16 @@ class Consumer:
             return
         self._outcomes.started(entry)
         task_type = self.task_type
+        # The entry is this run's alone (parsed from its payload just now).
+        key = id(entry)
         run = self._runner.run(
             task_type.script,
             entry.args,
             task_type.timeout,
             env,
-            on_done=lambda outcome: self._finished(outcome, entry, key),
+            on_done=functools.partial(self._finished, task=entry, key=key),
         )
-        key = id(run)
-        # Holds a worker until _finished frees it.
+        # Holds a worker until _finished frees it (never before run() returns).
         self._running[key] = (entry, run)
 
     def _finished(self, outcome: Outcome, task: Task, key: int) -> None:
