@@ -13,11 +13,14 @@ from twisted.internet import reactor
 from twisted.logger import ILogObserver
 
 from goophry_tx.config import ConfigError, check_config
-from goophry_tx.heap import freeze_when_running
 from goophry_tx.logs import make_observer
-from goophry_tx.process.spawn import discard_child_signals
 from goophry_tx.service import build_service
-from goophry_tx.startup import config_error_text, log_warnings, report_listen_errors_in_one_line
+from goophry_tx.startup import (
+    config_error_text,
+    log_warnings,
+    report_listen_errors_in_one_line,
+    when_running,
+)
 
 try:
     config = check_config(os.environ.get("GOOPHRY_CONFIG", "goophry.config.json"))
@@ -31,8 +34,7 @@ if config.logfile or config.log_format != "text":
     observer = make_observer(config.logfile, config.log_format, reactor.callFromThread)
     application.setComponent(ILogObserver, observer)
 log_warnings(config)
-freeze_when_running(reactor)
-discard_child_signals(reactor)
+when_running(reactor)
 build_service(
     config, reactor, verbose=os.environ.get("GOOPHRY_VERBOSE", "") not in ("", "0")
 ).setServiceParent(application)

@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner
 
-    from goophry_tx.heap import freeze_when_running
     from goophry_tx.logs import make_observer
-    from goophry_tx.process.spawn import discard_child_signals
     from goophry_tx.service import build_service
-    from goophry_tx.startup import log_warnings
+    from goophry_tx.startup import log_warnings, when_running
 
     observer = make_observer(
         args.l or config.logfile,
@@ -75,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(listen_error_text(e), file=sys.stderr)
         return 1
     reactor.callWhenRunning(service.startService)
-    freeze_when_running(reactor)
-    discard_child_signals(reactor)
+    when_running(reactor)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

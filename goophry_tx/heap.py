@@ -20,7 +20,7 @@ def freeze_when_running(reactor: IReactorCore) -> None:
     """
     Once C{reactor} runs: collect, then freeze what is left.
 
-    Called at the edge (the command line, the twistd plugin, the .tac),
+    Called by L{goophry_tx.startup.when_running} (the three ways to start),
     never by the service itself: a test process builds many services.
     """
 

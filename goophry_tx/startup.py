@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TextIO
 
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from goophry_tx import __version__
@@ -101,3 +102,19 @@ def report_listen_errors_in_one_line(err: TextIO | None = None) -> ExceptHook:
 
     sys.excepthook = hook
     return hook
+
+
+def when_running(reactor: IReactorCore) -> None:
+    """
+    What the daemon's process does once C{reactor} runs, the same for the
+    three ways of starting it, and never done by the service itself (a test
+    process builds many services): freeze the start-up heap
+    (L{goophry_tx.heap}) and leave C{SIGCHLD} to the kernel
+    (L{goophry_tx.process.spawn.discard_child_signals}).
+    """
+    # Imported here: C{-t} and C{-V} need neither.
+    from goophry_tx.heap import freeze_when_running
+    from goophry_tx.process.spawn import discard_child_signals
+
+    freeze_when_running(reactor)
+    discard_child_signals(reactor)

@@ -90,15 +90,13 @@ class OutcomeStore:
         self._retry = Retry(clock, retry_delay)
         #: Outcome writes on their way (failures, retries, requeues).
         self._pending: set[Deferred[None]] = set()
-        #: Removals of finished entries on their way (one per batch): the
-        #: hot path, counted rather than given a Deferred each.
-        self._removals = 0
         #: Told whenever a write or a removal has ended (L{flush}).
         self._ended_waiters: list[Deferred[None]] = []
         self._remove_delay = remove_delay
         #: Per type, the removal waiting for L{remove_delay} to pass.
         self._remove_timers: dict[str, IDelayedCall] = {}
         self._finished: dict[str, list[bytes]] = {}
+        #: Types with a removal waiting for its delay or on its way.
         self._removing: set[str] = set()
         self._unwritten: dict[str, collections.Counter[bytes]] = collections.defaultdict(
             collections.Counter
@@ -107,7 +105,9 @@ class OutcomeStore:
     @property
     def pending(self) -> int:
         """Writes and removals on their way to Redis."""
-        return len(self._pending) + self._removals
+        # A type in _removing has one removal waiting or on its way: the hot
+        # path, counted by the set rather than given a Deferred each.
+        return len(self._pending) + len(self._removing)
 
     def _ended(self) -> None:
         """A write or a removal has ended: tell whoever waits for one."""
@@ -136,7 +136,6 @@ class OutcomeStore:
         if task.type in self._removing:
             return
         self._removing.add(task.type)
-        self._removals += 1
         if self._remove_delay > 0:
             self._remove_timers[task.type] = self._clock.callLater(
                 self._remove_delay, self._remove_due, task.type
@@ -161,7 +160,6 @@ class OutcomeStore:
             self._replicated(d).addCallbacks(written, retry)
 
         def written(_: object) -> None:
-            self._removals -= 1
             unwritten = self._unwritten[task_type]
             for payload in payloads:
                 unwritten[payload] -= 1
@@ -169,7 +167,6 @@ class OutcomeStore:
                     del unwritten[payload]
             if self._finished[task_type]:
                 # They have waited for this one: they go now.
-                self._removals += 1
                 self._remove_finished(task_type)
             else:
                 self._removing.discard(task_type)

@@ -140,7 +140,7 @@ def discard_child_signals(reactor: IReactorCore) -> None:
     C{SIGCHLD} makes the kernel reap children itself, and their exit
     statuses would be lost.
 
-    Called at the edge (the command line, the twistd plugin, the .tac),
+    Called by L{goophry_tx.startup.when_running} (the three ways to start),
     after Twisted has installed its handlers, never by the service itself:
     a test process may use C{spawnProcess}.
     """

@@ -89,12 +89,10 @@ class GoophryServiceMaker:
     def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
-        from goophry_tx.heap import freeze_when_running
-        from goophry_tx.process.spawn import discard_child_signals
         from goophry_tx.service import build_service
+        from goophry_tx.startup import when_running
 
-        freeze_when_running(reactor)
-        discard_child_signals(reactor)
+        when_running(reactor)
         return build_service(options["loaded"], reactor, verbose=bool(options["verbose"]))
 
 
